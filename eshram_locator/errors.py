@@ -1,0 +1,60 @@
+"""The service's error tree.
+
+Two branches matter to every process: ``PermanentRecordError`` (this record is bad; dead-letter
+it and go on) and ``RetriableError`` (a dependency is unavailable; wait and try again, never
+commit past the record).
+"""
+
+from __future__ import annotations
+
+
+class LocatorError(Exception):
+    """Root of every error this service raises on purpose."""
+
+
+class ConfigError(LocatorError):
+    """A setting is missing or invalid; the process must not start."""
+
+
+class LocalServiceError(LocatorError):
+    """A local Kafka or PostgreSQL server could not be provisioned, started or stopped."""
+
+
+class PermanentRecordError(LocatorError):
+    """A record that can never be processed. ``error_class`` names it in the DLQ header."""
+
+    error_class = "invalid_record"
+
+
+class DecodeError(PermanentRecordError):
+    """Bytes that are not a record of a schema version we know."""
+
+    error_class = "decode_error"
+
+
+class WrongMagicError(DecodeError):
+    error_class = "wrong_magic"
+
+
+class UnknownSchemaError(DecodeError):
+    error_class = "unknown_schema"
+
+
+class TruncatedRecordError(DecodeError):
+    error_class = "truncated_record"
+
+
+class ValidationError(PermanentRecordError):
+    """A well-formed record whose content breaks the contract."""
+
+    error_class = "validation_error"
+
+
+class RawAadhaarError(ValidationError):
+    """A field other than ``uan`` carries an Aadhaar-like number."""
+
+    error_class = "raw_aadhaar"
+
+
+class RetriableError(LocatorError):
+    """A dependency (broker, database) is unavailable or a transaction must be retried."""
