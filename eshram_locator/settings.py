@@ -34,10 +34,21 @@ class RuleSettings(BaseSettings):
 
     model_config = SettingsConfigDict(frozen=True, extra="forbid")
 
-    confirm_months: int = Field(2, ge=1, le=12, description="Rule 5: consecutive observed months that confirm a location.")
-    max_gap_months: int = Field(3, ge=0, le=24, description="Rule 5: months without evidence that a streak survives.")
-    address_request_cooldown_days: int = Field(90, ge=0, le=3650, description="Rule 9: at most one address-update request per worker in this many days.")
-    confidence_window_months: int = Field(6, ge=1, le=36, description="Rule 12: the window of months the confidence is computed over.")
+    confirm_months: int = Field(
+        2, ge=1, le=12, description="Rule 5: consecutive observed months that confirm a location."
+    )
+    max_gap_months: int = Field(
+        3, ge=0, le=24, description="Rule 5: months without evidence that a streak survives."
+    )
+    address_request_cooldown_days: int = Field(
+        90,
+        ge=0,
+        le=3650,
+        description="Rule 9: at most one address-update request per worker in this many days.",
+    )
+    confidence_window_months: int = Field(
+        6, ge=1, le=36, description="Rule 12: the window of months the confidence is computed over."
+    )
 
 
 class Settings(BaseSettings):
@@ -49,37 +60,101 @@ class Settings(BaseSettings):
     )
 
     # --- Kafka -----------------------------------------------------------------------------
-    kafka_bootstrap: str | None = Field(None, description="Bootstrap servers of an external broker. Unset: the project starts a local one.")
-    kafka_version: str = Field("4.4.0", pattern=r"^\d+\.\d+\.\d+$", description="Apache Kafka version resolved from Maven Central for the local broker.")
-    kafka_port: int = Field(19092, ge=1024, le=65535, description="Client port of the local broker.")
-    kafka_controller_port: int = Field(19093, ge=1024, le=65535, description="KRaft controller port of the local broker.")
-    kafka_heap: str = Field("512m", pattern=r"^\d+[mg]$", description="Java heap of the local broker.")
-    schema_registry_url: str | None = Field(None, description="Confluent Schema Registry URL. Set: records are written in Confluent framing; both framings are always read.")
-    collections_partitions: int = Field(12, ge=1, le=1000, description="Partitions of pds.ration-collections.v1.")
+    kafka_bootstrap: str | None = Field(
+        None,
+        description="Bootstrap servers of an external broker. Unset: the project starts a local one.",
+    )
+    kafka_version: str = Field(
+        "4.4.0",
+        pattern=r"^\d+\.\d+\.\d+$",
+        description="Apache Kafka version resolved from Maven Central for the local broker.",
+    )
+    kafka_port: int = Field(
+        19092, ge=1024, le=65535, description="Client port of the local broker."
+    )
+    kafka_controller_port: int = Field(
+        19093, ge=1024, le=65535, description="KRaft controller port of the local broker."
+    )
+    kafka_heap: str = Field(
+        "512m", pattern=r"^\d+[mg]$", description="Java heap of the local broker."
+    )
+    schema_registry_url: str | None = Field(
+        None,
+        description="Confluent Schema Registry URL. Set: records are written in Confluent framing; both framings are always read.",
+    )
+    collections_partitions: int = Field(
+        12, ge=1, le=1000, description="Partitions of pds.ration-collections.v1."
+    )
     topic_partitions: int = Field(6, ge=1, le=1000, description="Partitions of every other topic.")
-    replication_factor: int = Field(1, ge=1, le=7, description="Replication factor of provisioned topics.")
-    consumer_group: str = Field("eshram-locator", min_length=1, description="Consumer group of the locator processes.")
+    replication_factor: int = Field(
+        1, ge=1, le=7, description="Replication factor of provisioned topics."
+    )
+    topic_prefix: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9._-]*$",
+        description="Prefix of every topic name (empty in production; isolates tests and demos on one broker).",
+    )
+    consumer_group: str = Field(
+        "eshram-locator", min_length=1, description="Consumer group of the locator processes."
+    )
 
     # --- PostgreSQL ------------------------------------------------------------------------
-    postgres_dsn: SecretStr | None = Field(None, description="libpq connection string of an external database. Unset: the project starts a local one.")
-    postgres_port: int = Field(55432, ge=1024, le=65535, description="Port of the local PostgreSQL server.")
-    postgres_database: str = Field("eshram_locator", pattern=r"^[a-z_][a-z0-9_]*$", description="Database created on the local server.")
+    postgres_dsn: SecretStr | None = Field(
+        None,
+        description="libpq connection string of an external database. Unset: the project starts a local one.",
+    )
+    postgres_port: int = Field(
+        55432, ge=1024, le=65535, description="Port of the local PostgreSQL server."
+    )
+    postgres_database: str = Field(
+        "eshram_locator",
+        pattern=r"^[a-z_][a-z0-9_]*$",
+        description="Database created on the local server.",
+    )
 
     # --- Local services --------------------------------------------------------------------
-    local_dir: Path = Field(REPO_ROOT / ".local-services", description="Where the local broker and database keep their data and logs.")
-    cache_dir: Path = Field(Path.home() / ".cache" / "eshram-locator", description="Where resolved Kafka jars are cached between runs.")
+    local_dir: Path = Field(
+        REPO_ROOT / ".local-services",
+        description="Where the local broker and database keep their data and logs.",
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "eshram-locator",
+        description="Where resolved Kafka jars are cached between runs.",
+    )
 
     # --- Locator ---------------------------------------------------------------------------
     batch_size: int = Field(5000, ge=1, le=1_000_000, description="Messages consumed per batch.")
-    batch_timeout_s: float = Field(0.5, gt=0, le=60, description="Longest wait for a batch to fill.")
-    grace_days: int = Field(35, ge=0, le=3650, description="Days a collection by an unregistered member is kept for a late registration.")
-    shutdown_timeout_s: float = Field(10.0, gt=0, le=300, description="SIGTERM: the batch in flight finishes and commits within this time.")
-    rules: RuleSettings = Field(default_factory=RuleSettings, description="Derivation rule numbers (LOCATOR_RULES__CONFIRM_MONTHS, ...).")
+    batch_timeout_s: float = Field(
+        0.5, gt=0, le=60, description="Longest wait for a batch to fill."
+    )
+    grace_days: int = Field(
+        35,
+        ge=0,
+        le=3650,
+        description="Days a collection by an unregistered member is kept for a late registration.",
+    )
+    shutdown_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="SIGTERM: the batch in flight finishes and commits within this time.",
+    )
+    rules: RuleSettings = Field(
+        default_factory=lambda: RuleSettings(),
+        description="Derivation rule numbers (LOCATOR_RULES__CONFIRM_MONTHS, ...).",
+    )
 
     # --- Avro and logging ------------------------------------------------------------------
-    avro_dir: Path = Field(REPO_ROOT / "avro", description="Directory of the .avsc contract (every version ever shipped).")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
-    log_format: Literal["auto", "json", "console"] = Field("auto", description="auto: JSON unless stderr is a terminal.")
+    avro_dir: Path = Field(
+        REPO_ROOT / "avro",
+        description="Directory of the .avsc contract (every version ever shipped).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Lowest level logged."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: JSON unless stderr is a terminal."
+    )
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -170,7 +245,11 @@ def settings_variables() -> list[tuple[str, str, str]]:
         if name == "rules":
             for rule_name, rule_field in RuleSettings.model_fields.items():
                 rows.append(
-                    (f"{ENV_PREFIX}RULES__{rule_name.upper()}", repr(rule_field.default), rule_field.description or "")
+                    (
+                        f"{ENV_PREFIX}RULES__{rule_name.upper()}",
+                        repr(rule_field.default),
+                        rule_field.description or "",
+                    )
                 )
             continue
         default = field.default if field.default_factory is None else "(computed)"

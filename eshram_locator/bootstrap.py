@@ -1,0 +1,117 @@
+"""The one wiring module: reads the environment, builds settings, adapters and local services.
+
+Everything else receives what it needs from here; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+
+from eshram_locator import settings as settings_module
+from eshram_locator.errors import ConfigError
+from eshram_locator.kafka.topics import ProvisionReport, provision_topics, topic_specs
+from eshram_locator.local.kafka_server import LocalKafka
+from eshram_locator.local.postgres_server import LocalPostgres, data_dir_for
+from eshram_locator.settings import ENV_PREFIX, SETTINGS_FILE_VARIABLE, Settings
+
+__all__ = [
+    "Endpoints",
+    "Settings",
+    "admin_client",
+    "check_environment",
+    "ensure_services",
+    "load_settings",
+    "local_kafka",
+    "local_postgres",
+    "provision",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    bootstrap_servers: str
+    postgres_dsn: str = field(repr=False)  # an external DSN may carry a password
+
+
+def known_variables() -> frozenset[str]:
+    """Every LOCATOR_* name that means something (the nested model may also come as JSON)."""
+    names = {variable for variable, _, _ in settings_module.settings_variables()}
+    return frozenset({*names, SETTINGS_FILE_VARIABLE, f"{ENV_PREFIX}RULES"})
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Reject unknown LOCATOR_* variables: a typo must not silently fall back to a default."""
+    known = known_variables()
+    unknown = sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known
+    )
+    if unknown:
+        raise ConfigError("unknown setting variable(s): " + "; ".join(map(_suggest, unknown)))
+
+
+def _suggest(name: str) -> str:
+    close = difflib.get_close_matches(name.upper(), sorted(known_variables()), n=1, cutoff=0.8)
+    return f"{name} (did you mean {close[0]}?)" if close else name
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment (and LOCATOR_SETTINGS_FILE); ConfigError when invalid."""
+    check_environment(os.environ)
+    return settings_module.load_settings(**overrides)
+
+
+def local_kafka(settings: Settings) -> LocalKafka:
+    return LocalKafka(
+        version=settings.kafka_version,
+        cache_dir=settings.cache_dir,
+        data_dir=settings.local_dir / "kafka",
+        port=settings.kafka_port,
+        controller_port=settings.kafka_controller_port,
+        heap=settings.kafka_heap,
+    )
+
+
+def local_postgres(settings: Settings) -> LocalPostgres:
+    return LocalPostgres(
+        port=settings.postgres_port,
+        database=settings.postgres_database,
+        data_dir=data_dir_for(settings.local_dir, settings.postgres_port),
+    )
+
+
+def postgres_dsn(settings: Settings) -> str:
+    if settings.postgres_dsn is not None:
+        return settings.postgres_dsn.get_secret_value()
+    return local_postgres(settings).dsn()
+
+
+def ensure_services(settings: Settings) -> Endpoints:
+    """Start the local broker and database where settings ask for local ones (idempotent)."""
+    if settings.uses_local_postgres:
+        local_postgres(settings).start()
+    if settings.uses_local_kafka:
+        local_kafka(settings).start()
+    return Endpoints(
+        bootstrap_servers=settings.bootstrap_servers, postgres_dsn=postgres_dsn(settings)
+    )
+
+
+def admin_client(bootstrap_servers: str) -> AdminClient:
+    return AdminClient(
+        {"bootstrap.servers": bootstrap_servers, "client.id": "eshram-locator-admin"}
+    )
+
+
+def provision(settings: Settings, bootstrap_servers: str) -> ProvisionReport:
+    specs = topic_specs(
+        settings.collections_partitions, settings.topic_partitions, settings.replication_factor
+    )
+    return provision_topics(admin_client(bootstrap_servers), specs)

@@ -1,0 +1,165 @@
+"""The ``eshram-locator`` command line.
+
+Each subcommand is one function registered with ``@command(group)``: that wrapper loads nothing
+by itself but turns the service's errors into one line on stderr and an exit code (2 for a
+configuration error, 1 for any other error the service raises on purpose).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import re
+from collections.abc import Callable
+from typing import Annotated, ParamSpec
+
+import typer
+
+from eshram_locator import bootstrap
+from eshram_locator.errors import ConfigError, LocatorError
+from eshram_locator.logging_setup import configure_logging
+from eshram_locator.settings import Settings
+
+P = ParamSpec("P")
+
+app = typer.Typer(
+    name="eshram-locator",
+    help="Derives where e-Shram workers live now from their ration collections.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+services_app = typer.Typer(
+    help="The local Kafka broker and PostgreSQL server.", no_args_is_help=True
+)
+topics_app = typer.Typer(help="The topics of the event contract.", no_args_is_help=True)
+app.add_typer(services_app, name="services")
+app.add_typer(topics_app, name="topics")
+
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+
+
+def command(
+    group: typer.Typer, name: str | None = None
+) -> Callable[[Callable[P, None]], Callable[P, None]]:
+    """Register a subcommand whose LocatorErrors end the process with one line on stderr."""
+
+    def register(function: Callable[P, None]) -> Callable[P, None]:
+        @functools.wraps(function)
+        def run(*args: P.args, **kwargs: P.kwargs) -> None:
+            try:
+                function(*args, **kwargs)
+            except ConfigError as error:
+                _fail(f"configuration error: {error}", EXIT_CONFIG, error)
+            except LocatorError as error:
+                _fail(f"error: {error}", EXIT_ERROR, error)
+
+        group.command(name)(run)
+        return run
+
+    return register
+
+
+def _fail(message: str, code: int, error: Exception) -> None:
+    first, _, rest = message.partition("\n")
+    typer.echo(first, err=True)
+    if rest:  # e.g. the tail of a server log: context below the one line that says what failed
+        typer.echo(rest, err=True)
+    raise typer.Exit(code) from error
+
+
+def _settings() -> Settings:
+    settings = bootstrap.load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _mask(dsn: str) -> str:
+    """Hide a password in a URL or key=value DSN before printing it."""
+    dsn = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
+    return re.sub(r"(password\s*=\s*)\S+", r"\1***", dsn)
+
+
+class Service(enum.StrEnum):
+    kafka = "kafka"
+    postgres = "postgres"
+
+
+# --- services ----------------------------------------------------------------------------
+
+
+@command(services_app, "up")
+def services_up() -> None:
+    """Start the local broker and database (unless external ones are set) and create topics."""
+    settings = _settings()
+    endpoints = bootstrap.ensure_services(settings)
+    report = bootstrap.provision(settings, endpoints.bootstrap_servers)
+    typer.echo(f"kafka: {endpoints.bootstrap_servers}")
+    typer.echo(f"postgres: {_mask(endpoints.postgres_dsn)}")
+    typer.echo(f"topics: {len(report.created)} created, {len(report.unchanged)} unchanged")
+
+
+@command(services_app, "down")
+def services_down(
+    services: Annotated[
+        list[Service] | None, typer.Argument(help="Which to stop (default: both).")
+    ] = None,
+) -> None:
+    """Stop the local broker and/or database. External services are never touched."""
+    settings = _settings()
+    chosen = set(services or Service)
+    if Service.kafka in chosen:
+        if settings.uses_local_kafka:
+            bootstrap.local_kafka(settings).stop()
+            typer.echo("kafka: stopped")
+        else:
+            typer.echo("kafka: external, not stopped")
+    if Service.postgres in chosen:
+        if settings.uses_local_postgres:
+            bootstrap.local_postgres(settings).stop()
+            typer.echo("postgres: stopped")
+        else:
+            typer.echo("postgres: external, not stopped")
+
+
+@command(services_app, "status")
+def services_status() -> None:
+    """One line per service: running (pid, port), stopped, or external."""
+    settings = _settings()
+    if settings.uses_local_kafka:
+        kafka = bootstrap.local_kafka(settings).status()
+        if kafka.running:
+            typer.echo(f"kafka: running (pid {kafka.pid}, port {kafka.port})")
+        elif kafka.pid is not None:
+            typer.echo(f"kafka: starting (pid {kafka.pid}, port {kafka.port})")
+        else:
+            typer.echo("kafka: stopped")
+    else:
+        typer.echo(f"kafka: external ({settings.bootstrap_servers})")
+    if settings.uses_local_postgres:
+        postgres = bootstrap.local_postgres(settings).status()
+        typer.echo(
+            f"postgres: running (pid {postgres.pid}, port {postgres.port})"
+            if postgres.running
+            else "postgres: stopped"
+        )
+    else:
+        typer.echo(f"postgres: external ({_mask(bootstrap.postgres_dsn(settings))})")
+
+
+# --- topics ------------------------------------------------------------------------------
+
+
+@command(topics_app, "provision")
+def topics_provision() -> None:
+    """Create the contract's missing topics on the configured broker; check existing ones."""
+    settings = _settings()
+    report = bootstrap.provision(settings, settings.bootstrap_servers)
+    for name in report.created:
+        typer.echo(f"created: {name}")
+    typer.echo(f"topics: {len(report.created)} created, {len(report.unchanged)} unchanged")
+
+
+def main() -> None:
+    app()

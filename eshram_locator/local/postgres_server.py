@@ -1,0 +1,321 @@
+"""A local PostgreSQL server run from Debian's packaged binaries (``/usr/lib/postgresql/N/bin``).
+
+PostgreSQL refuses to run as root, so when we are root every server command runs as the
+``postgres`` user (``runuser -u postgres --``) and the data lives where that user can reach it
+(``/var/tmp/eshram-locator/postgres-<port>``, see ``data_dir_for``). ``start`` and ``stop`` are
+idempotent; the server listens on 127.0.0.1 only and keeps its unix socket in its data dir.
+Nothing here reads settings; ``bootstrap`` passes the values in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pwd
+import socket
+import stat
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import structlog
+from psycopg import sql
+
+from eshram_locator.errors import LocalServiceError
+
+log = structlog.get_logger()
+
+DEBIAN_POSTGRES_ROOT = Path("/usr/lib/postgresql")
+# As root the data cannot live under /root (user postgres cannot enter it); this parent is
+# created root-owned 0755 and checked before use (see _make_dir).
+ROOT_DATA_PARENT = Path("/var/tmp/eshram-locator")  # noqa: S108  # reason above
+SERVER_USER = "postgres"
+_LOG_TAIL_LINES = 40
+
+# Written on every start, included from postgresql.conf: the server's whole local configuration.
+_CONF_TEMPLATE = """# Written by eshram-locator on every start; edits are overwritten.
+listen_addresses = '127.0.0.1'
+port = {port}
+unix_socket_directories = '{socket_dir}'
+max_connections = 100
+shared_buffers = 128MB
+fsync = on
+synchronous_commit = on
+full_page_writes = on
+logging_collector = off
+log_min_messages = warning
+log_line_prefix = '%m [%p] %q%u@%d '
+"""
+_CONF_NAME = "eshram-locator.conf"
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresStatus:
+    running: bool
+    pid: int | None
+    port: int
+
+
+def find_bin_dir(root: Path = DEBIAN_POSTGRES_ROOT) -> Path:
+    """The newest ``/usr/lib/postgresql/<N>/bin`` that has initdb and pg_ctl."""
+    candidates = [
+        path.parent
+        for path in root.glob("*/bin/initdb")
+        if path.parent.parent.name.isdigit() and (path.parent / "pg_ctl").is_file()
+    ]
+    if not candidates:
+        raise LocalServiceError(
+            f"no PostgreSQL server binaries under {root}: install them with "
+            "`apt-get install postgresql` (or set LOCATOR_POSTGRES_DSN to an external database)"
+        )
+    return max(candidates, key=lambda path: int(path.parent.name))
+
+
+def data_dir_for(local_dir: Path, port: int) -> Path:
+    """Where the server keeps its data: reachable by user postgres when we are root."""
+    if os.geteuid() == 0:
+        return ROOT_DATA_PARENT / f"postgres-{port}"
+    return local_dir / "postgres"
+
+
+class LocalPostgres:
+    """One server: cluster in ``data_dir/pgdata``, log in ``data_dir``, socket in ``data_dir``."""
+
+    def __init__(
+        self,
+        *,
+        port: int,
+        database: str,
+        data_dir: Path,
+        bin_dir: Path | None = None,
+    ) -> None:
+        self.port = port
+        self.database = database
+        self.data_dir = data_dir
+        self._bin_dir = bin_dir
+        self._as_root = os.geteuid() == 0
+
+    def dsn(self, database: str | None = None) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database or self.database}"
+
+    @property
+    def _pgdata(self) -> Path:
+        return self.data_dir / "pgdata"
+
+    @property
+    def _log_file(self) -> Path:
+        return self.data_dir / "postgres.log"
+
+    @property
+    def bin_dir(self) -> Path:
+        if self._bin_dir is None:
+            self._bin_dir = find_bin_dir()
+        return self._bin_dir
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def status(self) -> PostgresStatus:
+        pid = self._server_pid()
+        return PostgresStatus(running=pid is not None, pid=pid, port=self.port)
+
+    def start(self, timeout_s: float = 60.0) -> PostgresStatus:
+        """Start the server unless it runs; create the database if missing."""
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(self.data_dir.with_name(self.data_dir.name + ".lock")):
+            return self._start(timeout_s)
+
+    def _start(self, timeout_s: float) -> PostgresStatus:
+        pid = self._server_pid()
+        if pid is None:
+            if not _port_free(self.port):
+                raise LocalServiceError(
+                    f"port {self.port} (the PostgreSQL port) is taken by another process; stop "
+                    "it or choose another port with LOCATOR_POSTGRES_PORT"
+                )
+            self._init_cluster()
+            self._write_config()
+            result = self._run(
+                "pg_ctl",
+                "start",
+                "-D",
+                str(self._pgdata),
+                "-l",
+                str(self._log_file),
+                "-w",
+                "-t",
+                str(int(timeout_s)),
+                "-s",
+            )
+            if result.returncode != 0:
+                raise LocalServiceError(
+                    f"PostgreSQL did not start on port {self.port} (exit {result.returncode}): "
+                    f"{result.stdout.strip()} {result.stderr.strip()}\n"
+                    f"last lines of {self._log_file}:\n{self._log_tail()}"
+                )
+            pid = self._server_pid()
+            log.info("postgres.started", pid=pid, port=self.port, data_dir=str(self.data_dir))
+        else:
+            running_port = self._running_port()
+            if running_port is not None and running_port != self.port:
+                raise LocalServiceError(
+                    f"the local PostgreSQL in {self.data_dir} runs on port {running_port}, not "
+                    f"on LOCATOR_POSTGRES_PORT={self.port}: stop it first (services down)"
+                )
+            log.debug("postgres.already_running", pid=pid, port=self.port)
+        self._ensure_database()
+        return PostgresStatus(running=True, pid=pid, port=self.port)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        pid = self._server_pid()
+        if pid is None:
+            return
+        result = self._run(
+            "pg_ctl",
+            "stop",
+            "-D",
+            str(self._pgdata),
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            str(int(timeout_s)),
+            "-s",
+        )
+        if result.returncode != 0:
+            raise LocalServiceError(
+                f"PostgreSQL (pid {pid}) did not stop: {result.stdout.strip()} "
+                f"{result.stderr.strip()}"
+            )
+        log.info("postgres.stopped", pid=pid, port=self.port)
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _server_pid(self) -> int | None:
+        """The postmaster's pid if our cluster is running (``pg_ctl status`` exits 0)."""
+        if not (self._pgdata / "PG_VERSION").is_file():
+            return None
+        result = self._run("pg_ctl", "status", "-D", str(self._pgdata))
+        if result.returncode != 0:
+            return None
+        try:
+            return int((self._pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+
+    def _running_port(self) -> int | None:
+        """The port line (the fourth) of postmaster.pid."""
+        try:
+            return int((self._pgdata / "postmaster.pid").read_text().split("\n")[3])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _init_cluster(self) -> None:
+        if (self._pgdata / "PG_VERSION").is_file():
+            return
+        self._make_dir(self.data_dir)
+        result = self._run(
+            "initdb",
+            "-D",
+            str(self._pgdata),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--auth-local=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+        )
+        if result.returncode != 0:
+            raise LocalServiceError(
+                f"initdb of {self._pgdata} failed (exit {result.returncode}):\n"
+                f"{_tail(result.stdout + result.stderr)}"
+            )
+        with open(self._pgdata / "postgresql.conf", "a") as conf:
+            conf.write(f"\ninclude_if_exists = '{_CONF_NAME}'\n")
+        log.info("postgres.initialised", data_dir=str(self._pgdata), bin_dir=str(self.bin_dir))
+
+    def _write_config(self) -> None:
+        path = self._pgdata / _CONF_NAME
+        path.write_text(_CONF_TEMPLATE.format(port=self.port, socket_dir=self.data_dir))
+        self._give_to_server_user(path)
+
+    def _ensure_database(self) -> None:
+        try:
+            with psycopg.connect(self.dsn("postgres"), autocommit=True, connect_timeout=10) as conn:
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)
+                ).fetchone()
+                if exists is None:
+                    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database))
+                    conn.execute(create)
+                    log.info("postgres.database_created", database=self.database)
+        except psycopg.Error as error:
+            raise LocalServiceError(
+                f"could not create database {self.database!r} on port {self.port}: {error}"
+            ) from error
+
+    def _run(self, program: str, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [str(self.bin_dir / program), *args]
+        if self._as_root:
+            command = ["runuser", "-u", SERVER_USER, "--", *command]
+        cwd = self.data_dir if self.data_dir.is_dir() else Path("/")
+        return subprocess.run(command, capture_output=True, text=True, check=False, cwd=cwd)
+
+    def _make_dir(self, path: Path) -> None:
+        if self._as_root:
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            parent = path.parent.lstat()
+            if stat.S_ISLNK(parent.st_mode) or parent.st_uid != 0 or parent.st_mode & 0o022:
+                raise LocalServiceError(
+                    f"{path.parent} must be a directory owned by root and writable only by it"
+                )
+        path.mkdir(parents=True, exist_ok=True)
+        self._give_to_server_user(path)
+        path.chmod(0o700)
+
+    def _give_to_server_user(self, path: Path) -> None:
+        if not self._as_root:
+            return
+        try:
+            user = pwd.getpwnam(SERVER_USER)
+        except KeyError as error:
+            raise LocalServiceError(
+                f"running as root needs the {SERVER_USER!r} user, which Debian's postgresql "
+                "package creates: `apt-get install postgresql`"
+            ) from error
+        os.chown(path, user.pw_uid, user.pw_gid)
+
+    def _log_tail(self) -> str:
+        try:
+            return _tail(self._log_file.read_text(errors="replace"))
+        except OSError:
+            return "(no log written)"
+
+
+def _port_free(port: int) -> bool:
+    """True if we could bind 127.0.0.1:port (TIME_WAIT leftovers do not count as taken)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
