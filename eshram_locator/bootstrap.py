@@ -7,18 +7,28 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
+from consumers.locator import LocatorConfig, LocatorProcess, Totals
 from eshram_locator import settings as settings_module
+from eshram_locator.avro_codec import AvroCodec, load_codec
+from eshram_locator.domain.rules import RuleParams
 from eshram_locator.errors import ConfigError
+from eshram_locator.kafka import clients
+from eshram_locator.kafka.publish import publish_schemas
+from eshram_locator.kafka.relay import OutboxRelay
 from eshram_locator.kafka.topics import ProvisionReport, provision_topics, topic_specs
 from eshram_locator.local.kafka_server import LocalKafka
 from eshram_locator.local.postgres_server import LocalPostgres, data_dir_for
+from eshram_locator.locating import Locator
+from eshram_locator.postgres.migrate import apply_migrations
 from eshram_locator.settings import ENV_PREFIX, SETTINGS_FILE_VARIABLE, Settings
+from eshram_locator.topics import TopicNames
 
 __all__ = [
     "Endpoints",
@@ -112,6 +122,62 @@ def admin_client(bootstrap_servers: str) -> AdminClient:
 
 def provision(settings: Settings, bootstrap_servers: str) -> ProvisionReport:
     specs = topic_specs(
-        settings.collections_partitions, settings.topic_partitions, settings.replication_factor
+        settings.collections_partitions,
+        settings.topic_partitions,
+        settings.replication_factor,
+        prefix=settings.topic_prefix,
     )
     return provision_topics(admin_client(bootstrap_servers), specs)
+
+
+# --- the locator -------------------------------------------------------------------------------
+
+
+def topic_names(settings: Settings) -> TopicNames:
+    return TopicNames(settings.topic_prefix)
+
+
+def codec(settings: Settings) -> AvroCodec:
+    return load_codec(settings.avro_dir, settings.schema_registry_url)
+
+
+def rule_params(settings: Settings) -> RuleParams:
+    rules = settings.rules
+    return RuleParams(
+        confirm_months=rules.confirm_months,
+        max_gap_months=rules.max_gap_months,
+        address_request_cooldown_days=rules.address_request_cooldown_days,
+        confidence_window_months=rules.confidence_window_months,
+    )
+
+
+def locator_process(
+    settings: Settings,
+    endpoints: Endpoints,
+    *,
+    idle_exit_polls: int | None = None,
+    on_batch: Callable[[Totals], None] | None = None,
+) -> LocatorProcess:
+    """A ready-to-run locator: migrations applied, schemas published, clients built."""
+    apply_migrations(endpoints.postgres_dsn)
+    names = topic_names(settings)
+    avro = codec(settings)
+    producer = clients.producer(endpoints.bootstrap_servers)
+    publish_schemas(producer, avro, names)
+    consumer = clients.batch_consumer(endpoints.bootstrap_servers, settings.consumer_group)
+    return LocatorProcess(
+        consumer=consumer,
+        conninfo=endpoints.postgres_dsn,
+        codec=avro,
+        locator=Locator(avro, rule_params(settings), names),
+        relay=OutboxRelay(endpoints.postgres_dsn, producer),
+        config=LocatorConfig(
+            group_id=settings.consumer_group,
+            topics=names,
+            batch_size=settings.batch_size,
+            batch_timeout_s=settings.batch_timeout_s,
+            grace=timedelta(days=settings.grace_days),
+            idle_exit_polls=idle_exit_polls,
+        ),
+        on_batch=on_batch,
+    )

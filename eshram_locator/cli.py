@@ -161,5 +161,33 @@ def topics_provision() -> None:
     typer.echo(f"topics: {len(report.created)} created, {len(report.unchanged)} unchanged")
 
 
+# --- processes -------------------------------------------------------------------------
+
+
+@command(app, "locator")
+def locator(
+    until_idle: Annotated[
+        bool, typer.Option(help="Exit once the input topics have been idle for a few seconds.")
+    ] = False,
+) -> None:
+    """Run the locator: consume collections and the registry, publish location changes.
+
+    SIGTERM or Ctrl-C finishes the batch in flight, commits it and exits 0."""
+    settings = _settings()
+    endpoints = bootstrap.ensure_services(settings)
+    process = bootstrap.locator_process(
+        settings, endpoints, idle_exit_polls=_IDLE_POLLS if until_idle else None
+    )
+    process.install_signal_handlers()
+    totals = process.run()
+    typer.echo(
+        f"consumed {totals.consumed}, changes {totals.changes}, "
+        f"dead-lettered {totals.dead_lettered}"
+    )
+
+
+_IDLE_POLLS = 10
+
+
 def main() -> None:
     app()

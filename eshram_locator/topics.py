@@ -1,6 +1,12 @@
-"""Topic names of contract.md. Pure constants and name builders; provisioning is in kafka/."""
+"""Topic names of contract.md. Pure constants and name builders; provisioning is in kafka/.
+
+``TopicNames`` applies an optional prefix (setting ``LOCATOR_TOPIC_PREFIX``, empty in
+production) so that tests and parallel demos can run isolated on one broker.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from eshram_locator.geography import STATES
 
@@ -25,3 +31,49 @@ def state_topic(state_lgd: int) -> str:
 
 
 STATE_TOPICS = tuple(state_topic(state.lgd) for state in STATES)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """The contract's topic names, each with ``prefix`` in front."""
+
+    prefix: str = ""
+
+    @property
+    def collections(self) -> str:
+        return self.prefix + COLLECTIONS
+
+    @property
+    def registry(self) -> str:
+        return self.prefix + REGISTRY
+
+    @property
+    def location_changes(self) -> str:
+        return self.prefix + LOCATION_CHANGES
+
+    @property
+    def address_update_requests(self) -> str:
+        return self.prefix + ADDRESS_UPDATE_REQUESTS
+
+    @property
+    def migration_flows(self) -> str:
+        return self.prefix + MIGRATION_FLOWS
+
+    @property
+    def schemas(self) -> str:
+        return self.prefix + SCHEMAS
+
+    @property
+    def inputs(self) -> tuple[str, str]:
+        return (self.collections, self.registry)
+
+    def state(self, state_lgd: int) -> str:
+        return self.prefix + state_topic(state_lgd)
+
+    @property
+    def states(self) -> tuple[str, ...]:
+        return tuple(self.prefix + name for name in STATE_TOPICS)
+
+    @staticmethod
+    def dlq(topic: str) -> str:
+        return dlq(topic)

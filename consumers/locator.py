@@ -1,0 +1,271 @@
+"""The locator process: batched confluent-kafka consumer of collections and the registry.
+
+One loop: consume a batch (thousands of messages), decode and validate, apply the rules inside
+one PostgreSQL transaction that also stores the outgoing events (outbox), the dead letters and
+the consumer offsets; then the relay publishes the outbox. PostgreSQL holds the offsets, so a
+crash anywhere resumes exactly after the last committed batch: nothing lost, no effect twice.
+
+SIGTERM or SIGINT: the batch in flight finishes and commits, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import TypeVar
+
+import psycopg
+import structlog
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+from eshram_locator.avro_codec import AvroCodec
+from eshram_locator.errors import PermanentRecordError, RetriableError
+from eshram_locator.intake import RawMessage, dead_letter, read_collection, read_registration
+from eshram_locator.kafka.relay import OutboxRelay
+from eshram_locator.locating import Locator, RegistryUpdate
+from eshram_locator.postgres.store import LocatorStore, OutboxRow
+from eshram_locator.topics import TopicNames
+
+log = structlog.get_logger(__name__)
+_T = TypeVar("_T")
+
+_RETRIABLE_DB = (
+    psycopg.OperationalError,
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LocatorConfig:
+    group_id: str
+    topics: TopicNames
+    batch_size: int
+    batch_timeout_s: float
+    grace: timedelta
+    purge_every_s: float = 60.0
+    idle_exit_polls: int | None = None  # stop after this many empty polls in a row (demo, bench)
+
+
+@dataclass(slots=True)
+class Totals:
+    consumed: int = 0
+    collections: int = 0
+    registry: int = 0
+    dead_lettered: int = 0
+    changes: int = 0
+    address_requests: int = 0
+    batches: int = 0
+    by_error: dict[str, int] = field(default_factory=dict)
+
+
+class LocatorProcess:
+    def __init__(
+        self,
+        consumer: Consumer,
+        conninfo: str,
+        codec: AvroCodec,
+        locator: Locator,
+        relay: OutboxRelay,
+        config: LocatorConfig,
+        on_batch: Callable[[Totals], None] | None = None,
+    ) -> None:
+        self._consumer = consumer
+        self._conninfo = conninfo
+        self._codec = codec
+        self._locator = locator
+        self._relay = relay
+        self._config = config
+        self._on_batch = on_batch
+        self._stop = threading.Event()
+        self._store: LocatorStore | None = None
+        self.totals = Totals()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        log.info("stop_requested", signal=signum)
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self) -> Totals:
+        self._consumer.subscribe(
+            list(self._config.topics.inputs), on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
+        idle = 0
+        last_purge = 0.0
+        try:
+            self._publish_pending()
+            while not self._stop.is_set():
+                messages = self._consumer.consume(
+                    self._config.batch_size, self._config.batch_timeout_s
+                )
+                if messages:
+                    idle = 0
+                    self._process(messages)
+                else:
+                    idle += 1
+                    if self._config.idle_exit_polls and idle >= self._config.idle_exit_polls:
+                        break
+                if time.monotonic() - last_purge > self._config.purge_every_s:
+                    self._purge()
+                    last_purge = time.monotonic()
+        finally:
+            self._consumer.close()
+            self._relay.close()
+            if self._store is not None:
+                self._store.close()
+        log.info("locator_stopped", consumed=self.totals.consumed, changes=self.totals.changes)
+        return self.totals
+
+    # --- rebalancing: PostgreSQL holds the positions -----------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        offsets = self._with_store(
+            lambda store: store.load_offsets(
+                self._config.group_id, list(self._config.topics.inputs)
+            )
+        )
+        # PostgreSQL is the source of truth; Kafka's committed offsets are for lag only.
+        positioned = [
+            TopicPartition(
+                p.topic, p.partition, offsets.get((p.topic, p.partition), OFFSET_BEGINNING)
+            )
+            for p in partitions
+        ]
+        consumer.assign(positioned)
+        log.info(
+            "partitions_assigned",
+            partitions=[f"{p.topic}[{p.partition}]@{p.offset}" for p in positioned],
+        )
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Batches are processed between consume() calls, so nothing is in flight here.
+        consumer.unassign()
+        log.info("partitions_revoked", count=len(partitions))
+
+    # --- one batch ---------------------------------------------------------------------------
+
+    def _process(self, messages: list[Message]) -> None:
+        registry: list[RegistryUpdate] = []
+        collections = []
+        rejected: list[OutboxRow] = []
+        next_offsets: dict[tuple[str, int], int] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.retriable() or error.code() == KafkaError._PARTITION_EOF:
+                    log.warning("consume_error", error=error.str())
+                    continue
+                raise RetriableError(f"consumer error: {error.str()}")
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if topic is None or partition is None or offset is None:
+                raise RetriableError("consumed a message without topic, partition or offset")
+            raw = RawMessage(
+                topic,
+                partition,
+                offset,
+                message.key(),
+                message.value(),
+                tuple((k, v or b"") for k, v in (message.headers() or [])),
+            )
+            try:
+                if topic == self._config.topics.collections:
+                    collections.append(read_collection(self._codec, raw))
+                else:
+                    key = (raw.key or b"").decode("utf-8", errors="replace")
+                    registry.append(RegistryUpdate(key, read_registration(self._codec, raw)))
+            except PermanentRecordError as problem:
+                rejected.append(dead_letter(raw, problem))
+                self.totals.by_error[problem.error_class] = (
+                    self.totals.by_error.get(problem.error_class, 0) + 1
+                )
+                log.warning(
+                    "dead_lettered",
+                    topic=topic,
+                    partition=partition,
+                    offset=offset,
+                    error_class=problem.error_class,
+                )
+            next_offsets[(topic, partition)] = raw.offset + 1
+
+        def commit(store: LocatorStore) -> tuple[int, int]:
+            with store.unit_of_work():
+                outcome, outbox = self._locator.apply_batch(
+                    store, registry, collections, datetime.now(UTC)
+                )
+                store.enqueue(rejected + outbox)
+                store.save_offsets(self._config.group_id, next_offsets)
+            return len(outcome.changes), outcome.address_requests
+
+        changes, requests = self._with_store(commit)
+        self._publish_pending()
+        self._consumer.commit(
+            offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
+            asynchronous=True,
+        )
+        totals = self.totals
+        totals.batches += 1
+        totals.consumed += len(messages)
+        totals.collections += len(collections)
+        totals.registry += len(registry)
+        totals.dead_lettered += len(rejected)
+        totals.changes += changes
+        totals.address_requests += requests
+        log.info(
+            "batch_committed",
+            messages=len(messages),
+            changes=changes,
+            dead_lettered=len(rejected),
+            address_requests=requests,
+        )
+        if self._on_batch is not None:
+            self._on_batch(totals)
+
+    # --- retries: the database or broker being away is not a reason to lose anything ----------
+
+    def _with_store(self, work: Callable[[LocatorStore], _T]) -> _T:
+        delay = 0.2
+        while True:
+            try:
+                if self._store is None or self._store.closed:
+                    self._store = LocatorStore.connect(self._conninfo)
+                return work(self._store)
+            except _RETRIABLE_DB as problem:
+                log.warning("database_retry", error=type(problem).__name__, delay_s=delay)
+                if self._store is not None and self._store.closed:
+                    self._store = None
+                if self._stop.wait(delay):
+                    raise RetriableError("stopped while waiting for the database") from problem
+                delay = min(delay * 2, 5.0)
+
+    def _publish_pending(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                self._relay.drain()
+                return
+            except (RetriableError, *_RETRIABLE_DB) as problem:
+                log.warning("relay_retry", error=str(problem), delay_s=delay)
+                if self._stop.wait(delay):
+                    return  # the rows stay in the outbox for the next start
+                delay = min(delay * 2, 5.0)
+
+    def _purge(self) -> None:
+        cutoff = datetime.now(UTC) - self._config.grace
+
+        def purge(store: LocatorStore) -> int:
+            with store.unit_of_work():
+                return store.purge_unregistered(cutoff)
+
+        purged = self._with_store(purge)
+        if purged:
+            log.info("unregistered_purged", observations=purged)

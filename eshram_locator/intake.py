@@ -1,0 +1,133 @@
+"""From Kafka bytes to typed records, or to a dead letter with the reason.
+
+Shared by every consumer (the locator, the streams apps, the reference subscriber): decode
+(either framing), guard against raw Aadhaar numbers, validate, convert to domain types. A
+record that fails any step raises a ``PermanentRecordError``; ``dead_letter`` turns it into the
+DLQ record contract.md describes. A raw Aadhaar number never reaches the DLQ: the record is
+re-encoded with the number masked to its last four digits, and key and headers are masked too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from eshram_locator import topics
+from eshram_locator.avro_codec import AvroCodec
+from eshram_locator.domain.aadhaar import mask_record, mask_text, scan_record
+from eshram_locator.domain.model import RationCollection, WorkerRegistration
+from eshram_locator.errors import PermanentRecordError, RawAadhaarError, ValidationError
+from eshram_locator.postgres.store import OutboxRow
+from eshram_locator.records import ration_collection_from_avro, worker_registration_from_avro
+
+RATION_COLLECTION = "RationCollection"
+WORKER_REGISTRATION = "WorkerRegistration"
+_UAN = re.compile(r"^\d{12}$")
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """A consumed message, with where it came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class RejectedRecord(PermanentRecordError):
+    """Wraps the cause with the masked copies of key, value and headers the DLQ may keep."""
+
+    def __init__(
+        self,
+        cause: PermanentRecordError,
+        key: bytes | None,
+        value: bytes | None,
+        headers: tuple[tuple[str, bytes], ...],
+    ) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.error_class = cause.error_class
+        self.key = key
+        self.value = value
+        self.headers = headers
+
+
+def read_collection(codec: AvroCodec, message: RawMessage) -> RationCollection:
+    datum = _decode_guarded(codec, message, RATION_COLLECTION)
+    collection = ration_collection_from_avro(datum)
+    key = (message.key or b"").decode("utf-8", errors="replace")
+    if key != collection.member_ref:
+        raise ValidationError("message key is not the record's member_ref")
+    return collection
+
+
+def read_registration(codec: AvroCodec, message: RawMessage) -> WorkerRegistration | None:
+    """None is a tombstone: the worker deregistered."""
+    key = (message.key or b"").decode("utf-8", errors="replace")
+    if not _UAN.match(key):
+        raise ValidationError("registry key is not a 12-digit uan")
+    if message.value is None:
+        return None
+    registration = worker_registration_from_avro(
+        _decode_guarded(codec, message, WORKER_REGISTRATION)
+    )
+    if registration.uan != key:
+        raise ValidationError("message key is not the record's uan")
+    return registration
+
+
+def _decode_guarded(codec: AvroCodec, message: RawMessage, record: str) -> dict[str, Any]:
+    if message.value is None:
+        raise ValidationError(f"empty value where a {record} was expected")
+    _, datum = codec.decode(message.value, record)
+    hits = scan_record(datum)
+    if hits:
+        fields = sorted({path for path, _ in hits})
+        cause = RawAadhaarError(f"Aadhaar-like number in {', '.join(fields)}")
+        masked = mask_record(datum, hits)
+        numbers = {number for _, number in hits}
+        raise RejectedRecord(
+            cause,
+            _mask_bytes(message.key, numbers),
+            codec.encode(record, masked),
+            tuple((name, _mask_bytes(value, numbers) or b"") for name, value in message.headers),
+        )
+    return datum
+
+
+def _mask_bytes(payload: bytes | None, numbers: set[str] | None = None) -> bytes | None:
+    """Mask Aadhaar-like digit runs in raw bytes, in place (lengths unchanged)."""
+    if not payload:
+        return payload
+    return mask_text(payload.decode("latin-1"), frozenset(numbers or ())).encode("latin-1")
+
+
+def dead_letter(message: RawMessage, error: PermanentRecordError) -> OutboxRow:
+    """The DLQ record of contract.md: original bytes, key and headers, plus the reason."""
+    if isinstance(error, RejectedRecord):
+        key, value, headers = error.key, error.value, error.headers
+        reason = str(error.cause)
+    else:
+        # Undecodable bytes are kept as they came, except any Aadhaar-like digit run.
+        key = _mask_bytes(message.key)
+        value = _mask_bytes(message.value)
+        headers = tuple((name, _mask_bytes(v) or b"") for name, v in message.headers)
+        reason = str(error)
+    extra: Mapping[str, str] = {
+        "error.class": error.error_class,
+        "error.reason": mask_text(reason)[:1000],
+        "source.topic": message.topic,
+        "source.partition": str(message.partition),
+        "source.offset": str(message.offset),
+    }
+    return OutboxRow(
+        topics.dlq(message.topic),
+        key,
+        value,
+        headers + tuple((name, text.encode()) for name, text in extra.items()),
+    )

@@ -1,0 +1,69 @@
+"""Thin builders for confluent-kafka clients. Nothing connects until a client is used."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+
+from eshram_locator.errors import RetriableError
+
+
+def producer(bootstrap: str, **overrides: Any) -> Producer:
+    """Idempotent producer: retries never duplicate or reorder within a partition."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 20,
+        "batch.size": 1_000_000,
+        "compression.type": "lz4",
+        "queue.buffering.max.messages": 1_000_000,
+    }
+    config.update(overrides)
+    return Producer(config)
+
+
+def batch_consumer(bootstrap: str, group_id: str, **overrides: Any) -> Consumer:
+    """A consumer whose offsets are stored by us, never automatically."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": False,
+        "fetch.min.bytes": 1,
+        "fetch.wait.max.ms": 100,
+        "max.partition.fetch.bytes": 4_194_304,
+        "queued.min.messages": 200_000,
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 1_000,
+    }
+    config.update(overrides)
+    return Consumer(config)
+
+
+class DeliveryTracker:
+    """Collects delivery reports; ``raise_if_failed`` after ``flush``."""
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.failures: list[str] = []
+
+    def __call__(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self.failures.append(f"{message.topic()}: {error.str()}")
+        else:
+            self.delivered += 1
+
+    def raise_if_failed(self) -> None:
+        if self.failures:
+            failures, self.failures = self.failures, []
+            raise RetriableError(f"{len(failures)} deliveries failed, first: {failures[0]}")
+
+
+def flush_all(producer: Producer, timeout_s: float) -> None:
+    remaining = producer.flush(timeout_s)
+    if remaining:
+        raise RetriableError(f"{remaining} messages not delivered within {timeout_s}s")

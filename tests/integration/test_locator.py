@@ -1,0 +1,172 @@
+"""The locator against the real broker and database: changes out, dead letters, idempotency."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+
+from eshram_locator.domain.aadhaar import find_aadhaar_like, verhoeff_check_digit
+from eshram_locator.domain.model import (
+    AuthMode,
+    ChangeType,
+    CollectionItem,
+    Location,
+    Portability,
+    RationCollection,
+    WorkerRegistration,
+)
+from eshram_locator.records import (
+    location_changed_from_avro,
+    ration_collection_to_avro,
+    worker_registration_to_avro,
+)
+from tests.integration.conftest import Pipeline
+
+pytestmark = pytest.mark.integration
+
+HOME = Location(9, 901, 90101, None, "221001")
+MUMBAI = Location(27, 2701, 270101, None, "400001")
+UAN = "100000000001"
+MEMBER = "MR-0001"
+
+
+def registration(uan: str = UAN, member_ref: str = MEMBER) -> WorkerRegistration:
+    return WorkerRegistration(
+        uan=uan,
+        member_ref=member_ref,
+        permanent_address=HOME,
+        present_address=None,
+        occupation_nco="9313",
+        consent_state_sharing=True,
+        sms_reachable=True,
+        updated_at=datetime(2025, 1, 1, tzinfo=UTC),
+    )
+
+
+def collection(
+    number: int, month: str, where: Location, card: str = "UP-1234", member_ref: str = MEMBER
+) -> RationCollection:
+    year, mon = (int(part) for part in month.split("-"))
+    return RationCollection(
+        transaction_id=f"T-{number}",
+        source="IM-PDS",
+        ration_card_id=card,
+        member_ref=member_ref,
+        auth_mode=AuthMode.FINGERPRINT,
+        fps_id=f"FPS-{where.district_lgd}",
+        fps_location=where,
+        card_state_lgd=9,
+        portability=Portability.NONE if where == HOME else Portability.INTER_STATE,
+        allocation_month=month,
+        transacted_at=datetime(year, mon, 10, 6, 0, tzinfo=UTC),
+        items=(CollectionItem("RICE", "NFSA", 5000),),
+    )
+
+
+def produce(
+    pipeline: Pipeline,
+    registrations: list[WorkerRegistration],
+    collections: list[RationCollection],
+    raw: list[tuple[str, bytes, bytes]] = (),
+) -> None:
+    producer = pipeline.producer()
+    for worker in registrations:
+        producer.produce(
+            pipeline.names.registry,
+            pipeline.codec.encode("WorkerRegistration", worker_registration_to_avro(worker)),
+            worker.uan.encode(),
+        )
+    for event in collections:
+        producer.produce(
+            pipeline.names.collections,
+            pipeline.codec.encode("RationCollection", ration_collection_to_avro(event)),
+            event.member_ref.encode(),
+        )
+    for topic, key, value in raw:
+        producer.produce(topic, value, key)
+    assert producer.flush(30) == 0
+
+
+def test_a_two_month_stay_moves_the_worker_once(pipeline: Pipeline) -> None:
+    months = ["2025-04", "2025-05", "2025-06", "2025-07"]
+    places = [HOME, MUMBAI, MUMBAI, MUMBAI]
+    events = [collection(i, m, p) for i, (m, p) in enumerate(zip(months, places, strict=True))]
+    produce(pipeline, [registration()], [*events, events[2]])  # one duplicate delivery
+
+    totals = pipeline.run_locator()
+    assert totals.collections == 5
+    assert totals.changes == 1
+
+    changes = pipeline.consume_all(pipeline.names.location_changes)
+    assert len(changes) == 1
+    key, value, _ = changes[0]
+    assert key == UAN.encode()
+    _, datum = pipeline.codec.decode(value or b"", "LocationChanged")
+    change = location_changed_from_avro(datum)
+    assert change.change_type is ChangeType.MOVED
+    assert change.effective_month == "2025-05"
+    assert change.current_location.district == MUMBAI.district
+    assert change.previous_location is not None
+    assert change.previous_location.district == HOME.district
+    requests = pipeline.consume_all(pipeline.names.address_update_requests, timeout_s=2)
+    assert len(requests) == 1
+
+    # A replay of the same input changes nothing: no new change, no new request.
+    produce(pipeline, [registration()], events)
+    totals = pipeline.run_locator()
+    assert totals.changes == 0
+    assert len(pipeline.consume_all(pipeline.names.location_changes, timeout_s=2)) == 1
+    with psycopg.connect(pipeline.endpoints.postgres_dsn) as conn:
+        row = conn.execute(
+            "SELECT current_state_lgd, current_district_lgd FROM workers WHERE uan = %s", (UAN,)
+        ).fetchone()
+        assert row == (27, 2701)
+        assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+
+
+def _aadhaar_like() -> str:
+    payload = "23456789012"
+    return payload + verhoeff_check_digit(payload)
+
+
+def test_bad_records_are_dead_lettered_with_reason_and_aadhaar_masked(pipeline: Pipeline) -> None:
+    number = _aadhaar_like()
+    leaky = collection(1, "2025-04", HOME, card=f"UP-{number}")
+    good = collection(2, "2025-04", HOME)
+    produce(
+        pipeline,
+        [registration()],
+        [leaky, good],
+        raw=[
+            (
+                pipeline.names.collections,
+                MEMBER.encode(),
+                b"\xc3\x01" + bytes(range(8)) + b"garbage",
+            ),
+            (pipeline.names.registry, b"not-a-uan", b"\x00\x00"),
+        ],
+    )
+    totals = pipeline.run_locator()
+    assert totals.dead_lettered == 3
+    dead = pipeline.consume_all(pipeline.names.dlq(pipeline.names.collections))
+    dead += pipeline.consume_all(pipeline.names.dlq(pipeline.names.registry), timeout_s=2)
+    assert len(dead) == 3
+    classes = set()
+    for key, value, headers in dead:
+        meta = dict(headers)
+        classes.add(meta["error.class"].decode())
+        assert meta["error.reason"]
+        assert meta["source.topic"].decode() in pipeline.names.inputs
+        assert int(meta["source.partition"]) >= 0
+        assert int(meta["source.offset"]) >= 0
+        for blob in (key or b"", value or b"", *meta.values()):
+            assert not find_aadhaar_like(blob.decode("latin-1")), "a raw Aadhaar number leaked"
+    assert classes == {"raw_aadhaar", "unknown_schema", "validation_error"}
+    masked = next(v for _, v, h in dead if dict(h)["error.class"] == b"raw_aadhaar")
+    _, datum = pipeline.codec.decode(masked or b"", "RationCollection")
+    assert datum["ration_card_id"] == f"UP-XXXXXXXX{number[-4:]}"
+    with psycopg.connect(pipeline.endpoints.postgres_dsn) as conn:
+        stored = conn.execute("SELECT count(*) FROM observations").fetchone()
+        assert stored == (1,)
