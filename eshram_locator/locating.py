@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from eshram_locator.avro_codec import AvroCodec
 from eshram_locator.domain.model import (
@@ -21,18 +22,21 @@ from eshram_locator.domain.model import (
 )
 from eshram_locator.domain.months import month_start
 from eshram_locator.domain.rules import (
+    Baseline,
     RuleParams,
     WorkerProfile,
     address_update_request,
     derive_timeline,
+    next_baselines,
     reconcile,
-    registration_rebaseline,
 )
 from eshram_locator.postgres.store import LocatorStore, OutboxRow, StoredChange, StoredWorker
 from eshram_locator.records import (
     address_update_requested_to_avro,
     location_changed_from_avro,
     location_changed_to_avro,
+    location_from_avro,
+    location_to_avro,
     worker_registration_from_avro,
     worker_registration_to_avro,
 )
@@ -122,8 +126,8 @@ class Locator:
             old_registration = self._registration(old) if old else None
             if old_registration is not None and new.updated_at < old_registration.updated_at:
                 continue  # an older version re-delivered: the registry moves forward only
-            rebaselined_from = registration_rebaseline(
-                old_registration, new, old.rebaselined_from if old else None
+            baselines = next_baselines(
+                old_registration, new, baselines_from_json(old.baselines) if old else ()
             )
             if old is not None and old.member_ref != new.member_ref:
                 member_assignments.append((old.member_ref, None))
@@ -135,7 +139,7 @@ class Locator:
                 registration=self._codec.encode(
                     WORKER_REGISTRATION, worker_registration_to_avro(new)
                 ),
-                rebaselined_from=rebaselined_from,
+                baselines=baselines_to_json(baselines),
                 current_state_lgd=old.current_state_lgd if old else baseline.state_lgd,
                 current_district_lgd=old.current_district_lgd if old else baseline.district_lgd,
                 last_address_request_at=old.last_address_request_at if old else None,
@@ -170,7 +174,9 @@ class Locator:
         for uan in sorted(workers):
             worker = workers[uan]
             registration = self._registration(worker)
-            profile = WorkerProfile.from_registration(registration, worker.rebaselined_from)
+            profile = WorkerProfile.from_registration(
+                registration, baselines_from_json(worker.baselines)
+            )
             own = observations.get(worker.member_ref, [])
             timeline = derive_timeline(profile, own, self._params)
             previous = [self._change(stored) for stored in emitted.get(uan, [])]
@@ -231,6 +237,14 @@ class Locator:
     def _change(self, stored: StoredChange) -> LocationChanged:
         _, datum = self._codec.decode(stored.body, LOCATION_CHANGED)
         return location_changed_from_avro(datum)
+
+
+def baselines_to_json(baselines: tuple[Baseline, ...]) -> list[list[Any]]:
+    return [[month, location_to_avro(location)] for month, location in baselines]
+
+
+def baselines_from_json(stored: list[list[Any]]) -> tuple[Baseline, ...]:
+    return tuple((month, location_from_avro(location)) for month, location in stored)
 
 
 def _addresses(registration: WorkerRegistration) -> tuple[object, object]:

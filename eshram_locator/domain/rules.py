@@ -20,10 +20,12 @@ How each rule is read here (numbers as in rules.md):
    ``Location`` reported for a change is the ``fps_location`` of the latest presence transaction
    in the new district within the confirming months (ties on the timestamp: the greatest
    ``transaction_id``).
-4. **Baseline.** ``present_address`` when registered, else ``permanent_address``. After a
-   re-baseline (rule 11) the baseline is the profile's addresses as they are now.
-5. **Confirmation.** Observed months (months with presence, and only months >=
-   ``rebaselined_from`` when set) are walked in order. A *streak* is a run of consecutive
+4. **Baseline.** ``present_address`` when registered, else ``permanent_address``: the first
+   entry of the profile's ``baselines``. Re-baselines (rule 11) add entries that take effect
+   from their month.
+5. **Confirmation.** Observed months (months with presence) are walked in order; at the month
+   of a re-baseline the current location becomes the re-registered baseline and the streak
+   starts afresh. A *streak* is a run of consecutive
    observed months with the same monthly district; it is broken by a different district, or by
    a gap of more than ``max_gap_months`` months without presence between two observed months
    (the gap between 2024-01 and 2024-05 is 3 months: equal to the default, not breaking). When a
@@ -47,9 +49,9 @@ How each rule is read here (numbers as in rules.md):
    published change *holds* when a derived change has the same ``event_id`` (same uan,
    effective month, district and change type; a refined evidence, confidence, shop location or
    previous location does not make it a different change, and it is not re-published). Each
-   published change that no longer holds is retracted, newest effective month first, unless it
-   is frozen history (effective_month < ``rebaselined_from``); then every derived change not yet
-   published follows, oldest first. A ``RETRACTED`` event copies the retracted change
+   published change that no longer holds is retracted, newest effective month first; then every
+   derived change not yet published follows, oldest first. A ``RETRACTED`` event copies the
+   retracted change
    (locations, migration, evidence, confidence, home state, so it is routed like it) and sets
    ``supersedes_event_id`` to its id; its own id is ``location_event_id(uan, effective_month,
    district, RETRACTED)``.
@@ -66,13 +68,14 @@ How each rule is read here (numbers as in rules.md):
    ``requested_at`` = ``as_of``), so a replay gives the same answer and the same ``request_id``
    (UUIDv5 of uan, derived district and ``as_of`` in epoch milliseconds).
 10. **Sharing with states.** Routing, not decided here.
-11. **Registry changes.** ``registration_rebaseline`` gives the profile's ``rebaselined_from``:
-    None for a first registration; unchanged when neither registered address changed at
-    *district* level (rule 2: a new pincode or village in the same district changes no rule's
-    outcome); else the IST allocation month of ``new.updated_at``, never earlier than the
-    previous value. Observations before ``rebaselined_from`` are ignored entirely (they neither
-    set monthly locations nor count in evidence or confidence), and changes published with an
-    earlier effective month are frozen history. Tombstones are the store's business.
+11. **Registry changes.** ``next_baselines`` keeps the worker's baseline history: a first
+    registration starts it with ``(None, baseline)`` (it applies to all observations, including
+    those that arrived before it); an update whose registered addresses changed at *district*
+    level (rule 2: a new pincode or village in the same district changes no rule's outcome)
+    appends ``(IST allocation month of updated_at, new baseline)``, taking effect from that
+    month; any other update leaves it as it is. Observations are never dropped: the changes
+    before a re-baseline are derived as before it, so the answer does not depend on whether the
+    registry update or the collections arrive first. Tombstones are the store's business.
 12. **Confidence.** ``W = confidence_window_months`` (6). Over the calendar months
     ``[confirming month - (W-1), confirming month]``, ``confidence = (observed months whose
     monthly district is the new district) / (observed months)``, rounded to 4 decimals. The
@@ -178,6 +181,10 @@ class Observation:
         )
 
 
+Baseline = tuple[str | None, Location]
+"""(month from which it applies, or None for the start; the baseline location)."""
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerProfile:
     """What the rules need to know about a registered worker."""
@@ -186,27 +193,38 @@ class WorkerProfile:
     permanent_address: Location
     present_address: Location | None
     sms_reachable: bool
-    rebaselined_from: str | None  # YYYY-MM; None: every observation counts (rule 11)
+    #: Rule 11: (from month, baseline) in month order; the first entry's month is None (it
+    #: applies from the start). Empty: the registration's own baseline from the start.
+    baselines: tuple[Baseline, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.rebaselined_from is not None and not is_month(self.rebaselined_from):
-            raise ValueError(f"rebaselined_from is not YYYY-MM: {self.rebaselined_from!r}")
+        if self.baselines and self.baselines[0][0] is not None:
+            raise ValueError("the first baseline applies from the start: its month must be None")
+        months = [str(month) for month, _ in self.baselines[1:]]
+        if not all(is_month(month) for month in months):
+            raise ValueError(f"re-baseline months must be YYYY-MM: {months!r}")
+        if months != sorted(months):
+            raise ValueError(f"re-baselines must be in month order: {months!r}")
 
     @property
     def baseline(self) -> Location:
         """Rule 4: the registered present address, else the permanent address."""
         return self.present_address if self.present_address is not None else self.permanent_address
 
+    @property
+    def baseline_history(self) -> tuple[Baseline, ...]:
+        return self.baselines or ((None, self.baseline),)
+
     @classmethod
     def from_registration(
-        cls, registration: WorkerRegistration, rebaselined_from: str | None
+        cls, registration: WorkerRegistration, baselines: tuple[Baseline, ...] = ()
     ) -> WorkerProfile:
         return cls(
             uan=registration.uan,
             permanent_address=registration.permanent_address,
             present_address=registration.present_address,
             sms_reachable=registration.sms_reachable,
-            rebaselined_from=rebaselined_from,
+            baselines=baselines,
         )
 
 
@@ -341,12 +359,7 @@ def derive_timeline(
     profile: WorkerProfile, observations: Iterable[Observation], params: RuleParams
 ) -> Timeline:
     """Rules 1-6, 8, 11, 12: the worker's timeline from the *set* of their observations."""
-    counted = [
-        observation
-        for observation in _dedupe(observations)
-        if profile.rebaselined_from is None
-        or observation.allocation_month >= profile.rebaselined_from
-    ]
+    counted = _dedupe(observations)
     all_by_month: dict[str, list[Observation]] = {}
     presence_by_month: dict[str, list[Observation]] = {}
     for observation in counted:
@@ -358,13 +371,18 @@ def derive_timeline(
         month: _monthly_district(presence_by_month[month]) for month in sorted(presence_by_month)
     }
 
-    current = profile.baseline  # rule 4
+    history = profile.baseline_history
+    current = history[0][1]  # rule 4
+    rebaselines = list(history[1:])  # rule 11, in month order
     permanent = profile.permanent_address
     changes: list[DerivedChange] = []
     streak: list[str] = []
     streak_district: District | None = None
     previous_month: str | None = None
     for month, district in monthly.items():  # rule 5
+        while rebaselines and str(rebaselines[0][0]) <= month:
+            current = rebaselines.pop(0)[1]
+            streak, streak_district = [], None
         gap = 0 if previous_month is None else month_index(month) - month_index(previous_month) - 1
         if streak and district == streak_district and gap <= params.max_gap_months:
             streak.append(month)
@@ -405,6 +423,8 @@ def derive_timeline(
         changes.append(change)
         current = location
 
+    if rebaselines:  # re-baselines after the last observed month
+        current = rebaselines[-1][1]
     return Timeline(
         current_location=current,
         changes=tuple(changes),
@@ -476,8 +496,8 @@ def reconcile(
     """Rule 7: the events to publish now so the published changes equal the timeline's.
 
     ``emitted`` = this worker's published MOVED/RETURNED_HOME changes that are not retracted,
-    in any order. Returns RETRACTED for each that no longer holds (newest effective month first,
-    frozen history excepted), then each derived change not yet published (oldest first).
+    in any order. Returns RETRACTED for each that no longer holds (newest effective month first),
+    then each derived change not yet published (oldest first).
     """
     _require_aware("detected_at", detected_at)
     derived_ids = {change.event_id for change in timeline.changes}
@@ -489,12 +509,7 @@ def reconcile(
             raise ValueError(f"emitted holds a RETRACTED record: {record.event_id}")
         published[record.event_id] = record
 
-    stale = [
-        record
-        for record in published.values()
-        if record.event_id not in derived_ids
-        and (profile.rebaselined_from is None or record.effective_month >= profile.rebaselined_from)
-    ]
+    stale = [record for record in published.values() if record.event_id not in derived_ids]
     stale.sort(key=lambda record: (record.effective_month, record.event_id), reverse=True)
     events = [retraction(record, detected_at) for record in stale]
     events.extend(
@@ -555,22 +570,23 @@ def _registered_districts(registration: WorkerRegistration) -> tuple[District, D
     )
 
 
-def registration_rebaseline(
+def next_baselines(
     old: WorkerRegistration | None,
     new: WorkerRegistration,
-    previous_rebaselined_from: str | None,
-) -> str | None:
-    """Rule 11: the profile's ``rebaselined_from`` after ``new`` replaces ``old``.
+    baselines: tuple[Baseline, ...],
+) -> tuple[Baseline, ...]:
+    """Rule 11: the worker's baseline history after ``new`` replaces ``old``.
 
-    None for a first registration (every observation counts); the previous value when neither
-    registered address changed at district level; else the IST allocation month of
-    ``new.updated_at``, never earlier than the previous value (so frozen history stays frozen).
+    A first registration starts it; an update whose registered addresses changed at district
+    level appends (the IST allocation month of ``new.updated_at``, never earlier than the last
+    entry's; the new baseline), replacing an entry of the same month; else it is unchanged.
     """
-    if old is None:
-        return None
+    if old is None or not baselines:
+        return ((None, new.baseline),)
     if _registered_districts(old) == _registered_districts(new):
-        return previous_rebaselined_from
+        return baselines
     month = month_of(new.updated_at)
-    if previous_rebaselined_from is not None and previous_rebaselined_from > month:
-        return previous_rebaselined_from
-    return month
+    last_month = baselines[-1][0]
+    if last_month is not None and last_month >= month:
+        return (*baselines[:-1], (last_month, new.baseline))
+    return (*baselines, (month, new.baseline))

@@ -13,10 +13,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow, class_row
+from psycopg.types.json import Jsonb
 
 from eshram_locator.domain.model import AuthMode, Location, RationCollection
 from eshram_locator.domain.rules import Observation
@@ -27,7 +29,7 @@ class StoredWorker:
     uan: str
     member_ref: str
     registration: bytes
-    rebaselined_from: str | None
+    baselines: list[list[Any]]  # rule 11 history, as JSON: [[month or null, location], ...]
     current_state_lgd: int
     current_district_lgd: int
     last_address_request_at: datetime | None
@@ -139,7 +141,7 @@ class LocatorStore:
         if not keys:
             return {}
         query = (
-            "SELECT uan, member_ref, registration, rebaselined_from, current_state_lgd,"
+            "SELECT uan, member_ref, registration, baselines, current_state_lgd,"
             " current_district_lgd, last_address_request_at FROM workers"
             " WHERE uan = ANY(%s) ORDER BY uan"
         )
@@ -153,12 +155,12 @@ class LocatorStore:
             return
         with self._conn.cursor() as cursor:
             cursor.executemany(
-                "INSERT INTO workers (uan, member_ref, registration, rebaselined_from,"
+                "INSERT INTO workers (uan, member_ref, registration, baselines,"
                 " current_state_lgd, current_district_lgd, last_address_request_at, updated_at)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, now())"
                 " ON CONFLICT (uan) DO UPDATE SET member_ref = EXCLUDED.member_ref,"
                 " registration = EXCLUDED.registration,"
-                " rebaselined_from = EXCLUDED.rebaselined_from,"
+                " baselines = EXCLUDED.baselines,"
                 " current_state_lgd = EXCLUDED.current_state_lgd,"
                 " current_district_lgd = EXCLUDED.current_district_lgd,"
                 " last_address_request_at = EXCLUDED.last_address_request_at,"
@@ -168,7 +170,7 @@ class LocatorStore:
                         worker.uan,
                         worker.member_ref,
                         worker.registration,
-                        worker.rebaselined_from,
+                        Jsonb(worker.baselines),
                         worker.current_state_lgd,
                         worker.current_district_lgd,
                         worker.last_address_request_at,

@@ -38,8 +38,8 @@ from eshram_locator.domain.rules import (
     classify_migration,
     derive_timeline,
     location_event_id,
+    next_baselines,
     reconcile,
-    registration_rebaseline,
 )
 from eshram_locator.errors import ConfigError, ValidationError
 
@@ -86,9 +86,13 @@ def profile(
     *,
     permanent: Location = HOME,
     sms: bool = True,
-    rebaselined_from: str | None = None,
+    rebaselined: tuple[tuple[str, Location], ...] = (),
 ) -> WorkerProfile:
-    return WorkerProfile(UAN, permanent, present, sms, rebaselined_from)
+    """A worker whose first registration had ``present``; ``rebaselined`` adds (month, baseline)."""
+    first = present if present is not None else permanent
+    baselines = ((None, first), *rebaselined) if rebaselined else ()
+    current_present = rebaselined[-1][1] if rebaselined else present
+    return WorkerProfile(UAN, permanent, current_present, sms, baselines)
 
 
 def months(start: str, count: int) -> list[str]:
@@ -165,7 +169,11 @@ def test_params_are_validated() -> None:
 
 def test_profile_is_validated() -> None:
     with pytest.raises(ValueError, match="YYYY-MM"):
-        profile(rebaselined_from="2024/06")
+        profile(rebaselined=(("2024/06", DELHI),))
+    with pytest.raises(ValueError, match="month order"):
+        profile(rebaselined=(("2024-06", DELHI), ("2024-03", PUNE)))
+    with pytest.raises(ValueError, match="from the start"):
+        WorkerProfile(UAN, HOME, None, True, (("2024-01", HOME),))
 
 
 def test_observation_is_validated() -> None:
@@ -523,24 +531,25 @@ def test_rule7_change_that_holds_again_reuses_its_ids() -> None:
     assert again.event_id == moved.event_id
 
 
-def test_rule7_frozen_history_is_never_retracted() -> None:
+def test_rule7_a_registry_update_after_the_move_retracts_nothing() -> None:
     old = profile()
-    _, emitted = publish(old, derive(stay(DELHI, "2024-01", 2), old), [])
-    # The worker re-registered in June with the Delhi address: history before June is frozen.
-    rebaselined = profile(present=DELHI, rebaselined_from="2024-06")
-    timeline = derive([*stay(DELHI, "2024-01", 2), *stay(HOME, "2024-06", 1)], rebaselined)
-    assert timeline.changes == ()
+    observed = [*stay(DELHI, "2024-01", 2), *stay(DELHI, "2024-06", 1)]
+    _, emitted = publish(old, derive(observed, old), [])
+    # The worker re-registered in June with the Delhi address: the move stands, nothing new.
+    rebaselined = profile(rebaselined=(("2024-06", DELHI),))
+    timeline = derive(observed, rebaselined)
+    assert [c.event_id for c in timeline.changes] == [e.event_id for e in emitted]
     assert reconcile(rebaselined, timeline, emitted, DETECTED) == []
 
 
-def test_rule7_emitted_change_at_or_after_rebaseline_is_retracted() -> None:
-    old = profile()
-    _, emitted = publish(old, derive(stay(DELHI, "2024-06", 2), old), [])
-    rebaselined = profile(present=DELHI, rebaselined_from="2024-06")
-    events = reconcile(
-        rebaselined, derive(stay(DELHI, "2024-06", 2), rebaselined), emitted, DETECTED
-    )
-    assert [e.change_type for e in events] == [ChangeType.RETRACTED]
+def test_rule7_registry_update_first_or_collections_first_give_the_same_changes() -> None:
+    observed = [*stay(HOME, "2024-01", 2), *stay(DELHI, "2024-03", 5)]
+    registry_first = derive(observed, profile(rebaselined=(("2024-05", DELHI),)))
+    collections_first = derive(observed, profile())
+    assert [c.event_id for c in registry_first.changes] == [
+        c.event_id for c in collections_first.changes
+    ]
+    assert registry_first.current_location.district == DELHI.district
 
 
 def test_rule7_reconcile_rejects_foreign_or_retracted_records() -> None:
@@ -675,54 +684,66 @@ def registration(
     return WorkerRegistration(UAN, "ref-1", permanent, present, None, True, True, updated_at)
 
 
-def test_rule11_first_registration_counts_everything() -> None:
-    assert registration_rebaseline(None, registration(), None) is None
-    assert registration_rebaseline(None, registration(), "2024-03") is None
+def test_rule11_first_registration_starts_the_history() -> None:
+    assert next_baselines(None, registration(), ()) == ((None, HOME),)
+    assert next_baselines(None, registration(DELHI), ((None, HOME),)) == ((None, DELHI),)
 
 
 def test_rule11_unchanged_districts_keep_the_baseline() -> None:
     old = registration(present=DELHI)
+    history = ((None, DELHI),)
     new = registration(present=DELHI_EAST, updated_at=datetime(2024, 9, 1, tzinfo=UTC))
-    assert registration_rebaseline(old, new, None) is None
-    assert registration_rebaseline(old, new, "2024-02") == "2024-02"
+    assert next_baselines(old, new, history) == history
     sms_only = replace(old, sms_reachable=False, updated_at=datetime(2024, 9, 1, tzinfo=UTC))
-    assert registration_rebaseline(old, sms_only, "2024-02") == "2024-02"
+    assert next_baselines(old, sms_only, history) == history
 
 
-def test_rule11_changed_address_rebaselines_at_update_month_ist() -> None:
+def test_rule11_changed_address_rebaselines_from_the_update_month_ist() -> None:
     # 2024-03-31 19:00 UTC is 1 April 00:30 in India.
     updated = datetime(2024, 3, 31, 19, 0, tzinfo=UTC)
     old = registration()
-    assert registration_rebaseline(old, registration(DELHI, updated_at=updated), None) == "2024-04"
+    start = ((None, HOME),)
+    assert next_baselines(old, registration(DELHI, updated_at=updated), start) == (
+        (None, HOME),
+        ("2024-04", DELHI),
+    )
     moved_home = registration(permanent=PUNE, updated_at=updated)
-    assert registration_rebaseline(old, moved_home, "2023-01") == "2024-04"
+    assert next_baselines(old, moved_home, start)[-1] == ("2024-04", PUNE)
     dropped = registration(None, updated_at=updated)
-    assert registration_rebaseline(registration(DELHI), dropped, None) == "2024-04"
+    assert next_baselines(registration(DELHI), dropped, ((None, DELHI),))[-1] == ("2024-04", HOME)
 
 
 def test_rule11_rebaseline_never_goes_back() -> None:
     old = registration()
-    earlier = registration(DELHI, updated_at=datetime(2024, 1, 5, tzinfo=UTC))
-    assert registration_rebaseline(old, earlier, "2024-05") == "2024-05"
+    history = ((None, HOME), ("2024-05", DELHI))
+    earlier = registration(PUNE, updated_at=datetime(2024, 1, 5, tzinfo=UTC))
+    assert next_baselines(registration(DELHI), earlier, history) == (
+        (None, HOME),
+        ("2024-05", PUNE),
+    )
+    assert next_baselines(old, replace(old, sms_reachable=False), history) == history
 
 
-def test_rule11_observations_before_rebaseline_do_not_count() -> None:
-    observations = [*stay(PUNE, "2024-01", 4), obs("2024-05", PUNE)]
-    worker = profile(rebaselined_from="2024-05")
+def test_rule11_rebaseline_takes_effect_from_its_month_and_restarts_the_streak() -> None:
+    # Registered at home; in May the registry says Pune; the worker is seen in Delhi throughout.
+    worker = profile(rebaselined=(("2024-05", PUNE),))
+    observations = [*stay(DELHI, "2024-01", 2), obs("2024-05", DELHI)]
+    (first,) = derive(observations, worker).changes
+    assert (first.effective_month, first.current_location.district) == ("2024-01", DELHI.district)
+    # From May the baseline is Pune: Delhi must be confirmed afresh, from May.
     timeline = derive(observations, worker)
-    assert timeline.changes == ()
-    assert timeline.monthly == (("2024-05", PUNE.district),)
-    (change,) = derive([*observations, obs("2024-06", PUNE)], worker).changes
-    assert change.effective_month == "2024-05"
-    assert change.evidence.first_month == "2024-05"
-    assert change.confidence == 1.0
+    assert timeline.current_location.district == PUNE.district
+    second = derive([*observations, obs("2024-06", DELHI)], worker).changes[-1]
+    assert second.effective_month == "2024-05"
+    assert second.previous_location.district == PUNE.district
 
 
 def test_rule11_profile_from_registration() -> None:
     reg = registration(present=DELHI)
-    worker = WorkerProfile.from_registration(reg, "2024-06")
-    assert worker == WorkerProfile(UAN, HOME, DELHI, True, "2024-06")
+    worker = WorkerProfile.from_registration(reg, ((None, HOME), ("2024-06", DELHI)))
+    assert worker == WorkerProfile(UAN, HOME, DELHI, True, ((None, HOME), ("2024-06", DELHI)))
     assert worker.baseline == DELHI
+    assert WorkerProfile.from_registration(reg).baseline_history == ((None, DELHI),)
 
 
 # --- rule 12: confidence ----------------------------------------------------------------------

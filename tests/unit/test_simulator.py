@@ -544,7 +544,7 @@ def test_the_rules_find_exactly_the_detectable_moves(
         if uan is None or uan in deregistered:
             continue
         registration = first_registration[uan]
-        profile = WorkerProfile.from_registration(registration, rebaselined_from=None)
+        profile = WorkerProfile.from_registration(registration)
         for change in derive_timeline(profile, observations, RuleParams()).changes:
             district = change.current_location.district
             home = registration.permanent_address.district

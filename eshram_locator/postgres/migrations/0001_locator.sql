@@ -16,7 +16,7 @@ CREATE TABLE workers (
     uan                     text PRIMARY KEY,
     member_ref              text NOT NULL,
     registration            bytea NOT NULL,      -- the WorkerRegistration, Avro single-object
-    rebaselined_from        text,                -- rule 11: YYYY-MM, null = all history counts
+    baselines               jsonb NOT NULL,      -- rule 11: [[from month or null, location], ...]
     current_state_lgd       smallint NOT NULL,
     current_district_lgd    integer NOT NULL,
     last_address_request_at timestamptz,         -- rule 9 cooldown, on event time
