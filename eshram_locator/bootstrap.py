@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from consumers.locator import LocatorConfig, LocatorProcess, Totals
@@ -149,6 +150,10 @@ def rule_params(settings: Settings) -> RuleParams:
         address_request_cooldown_days=rules.address_request_cooldown_days,
         confidence_window_months=rules.confidence_window_months,
     )
+
+
+def producer(endpoints: Endpoints) -> Producer:
+    return clients.producer(endpoints.bootstrap_servers)
 
 
 def locator_process(

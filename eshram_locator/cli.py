@@ -11,6 +11,7 @@ import enum
 import functools
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, ParamSpec
 
 import typer
@@ -187,6 +188,61 @@ def locator(
 
 
 _IDLE_POLLS = 10
+
+
+Workers = Annotated[int, typer.Option(min=1, help="Simulated registered workers.")]
+Months = Annotated[int, typer.Option(min=1, max=120, help="Simulated allocation months.")]
+Seed = Annotated[int, typer.Option(help="Seed of the simulated population (same seed, same data).")]
+OutDir = Annotated[Path, typer.Option(help="Where the ground-truth file is written.")]
+
+
+@command(app, "simulate")
+def simulate_command(
+    workers: Workers = 20_000, months: Months = 12, seed: Seed = 7, out: OutDir = Path("out")
+) -> None:
+    """Produce a simulated population to the input topics and write its ground truth."""
+    from eshram_locator.kafka.publish import publish_simulation
+    from eshram_locator.simulator.config import SimulationConfig
+    from eshram_locator.simulator.population import simulate
+    from eshram_locator.simulator.truth import write_ground_truth
+
+    settings = _settings()
+    endpoints = bootstrap.ensure_services(settings)
+    bootstrap.provision(settings, endpoints.bootstrap_servers)
+    simulation = simulate(SimulationConfig(seed=seed, workers=workers, months=months))
+    out.mkdir(parents=True, exist_ok=True)
+    truth = write_ground_truth(out / "ground-truth.jsonl", simulation.ground_truth())
+    counts = publish_simulation(
+        bootstrap.producer(endpoints),
+        bootstrap.codec(settings),
+        bootstrap.topic_names(settings),
+        simulation.messages(),
+    )
+    for topic, count in sorted(counts.by_topic.items()):
+        typer.echo(f"{topic}: {count:,}")
+    typer.echo(f"ground truth: {truth:,} true moves in {out / 'ground-truth.jsonl'}")
+
+
+@command(app, "demo")
+def demo(
+    workers: Workers = 50_000, months: Months = 12, seed: Seed = 7, out: OutDir = Path("out")
+) -> None:
+    """Start Kafka and Postgres, run the locator over a simulated population, print a summary."""
+    from eshram_locator.demo import format_summary, run_simulated_pipeline
+    from eshram_locator.simulator.config import SimulationConfig
+
+    settings = _settings()
+    if settings.log_level == "INFO":  # per-batch lines would tear the progress bars apart
+        configure_logging("WARNING", settings.log_format)
+    endpoints = bootstrap.ensure_services(settings)
+    typer.echo(f"kafka {endpoints.bootstrap_servers}, postgres {_mask(endpoints.postgres_dsn)}")
+    result = run_simulated_pipeline(
+        settings, endpoints, SimulationConfig(seed=seed, workers=workers, months=months), out
+    )
+    typer.echo(format_summary(result))
+
+
+# --- streams and the reference state subscriber ------------------------------------------------
 
 
 def main() -> None:
