@@ -21,7 +21,14 @@ from typing import TypeVar
 
 import psycopg
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    Message,
+    TopicPartition,
+)
 
 from eshram_locator.avro_codec import AvroCodec
 from eshram_locator.errors import PermanentRecordError, RetriableError
@@ -49,7 +56,8 @@ class LocatorConfig:
     batch_timeout_s: float
     grace: timedelta
     purge_every_s: float = 60.0
-    idle_exit_polls: int | None = None  # stop after this many empty polls in a row (demo, bench)
+    # Stop once caught up with the input and then idle for this many polls (demo, bench, tests).
+    idle_exit_polls: int | None = None
 
 
 @dataclass(slots=True)
@@ -84,6 +92,7 @@ class LocatorProcess:
         self._on_batch = on_batch
         self._stop = threading.Event()
         self._store: LocatorStore | None = None
+        self._positions: dict[tuple[str, int], int] = {}  # next offset per assigned partition
         self.totals = Totals()
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -113,7 +122,11 @@ class LocatorProcess:
                     self._process(messages)
                 else:
                     idle += 1
-                    if self._config.idle_exit_polls and idle >= self._config.idle_exit_polls:
+                    if (
+                        self._config.idle_exit_polls
+                        and idle >= self._config.idle_exit_polls
+                        and self._caught_up()
+                    ):
                         break
                 if time.monotonic() - last_purge > self._config.purge_every_s:
                     self._purge()
@@ -142,6 +155,8 @@ class LocatorProcess:
             for p in partitions
         ]
         consumer.assign(positioned)
+        for p in positioned:
+            self._positions[(p.topic, p.partition)] = max(p.offset, 0)
         log.info(
             "partitions_assigned",
             partitions=[f"{p.topic}[{p.partition}]@{p.offset}" for p in positioned],
@@ -150,6 +165,7 @@ class LocatorProcess:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Batches are processed between consume() calls, so nothing is in flight here.
         consumer.unassign()
+        self._positions.clear()
         log.info("partitions_revoked", count=len(partitions))
 
     # --- one batch ---------------------------------------------------------------------------
@@ -182,7 +198,8 @@ class LocatorProcess:
                     collections.append(read_collection(self._codec, raw))
                 else:
                     key = (raw.key or b"").decode("utf-8", errors="replace")
-                    registry.append(RegistryUpdate(key, read_registration(self._codec, raw)))
+                    registration = read_registration(self._codec, raw)
+                    registry.append(RegistryUpdate(key, registration, _timestamp(message)))
             except PermanentRecordError as problem:
                 rejected.append(dead_letter(raw, problem))
                 self.totals.by_error[problem.error_class] = (
@@ -207,6 +224,7 @@ class LocatorProcess:
             return len(outcome.changes), outcome.address_requests
 
         changes, requests = self._with_store(commit)
+        self._positions.update(next_offsets)
         self._publish_pending()
         self._consumer.commit(
             offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
@@ -229,6 +247,18 @@ class LocatorProcess:
         )
         if self._on_batch is not None:
             self._on_batch(totals)
+
+    def _caught_up(self) -> bool:
+        """Every assigned partition consumed up to its high watermark (none assigned: no)."""
+        if not self._positions:
+            return False
+        for (topic, partition), position in self._positions.items():
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=10, cached=False
+            )
+            if position < high:
+                return False
+        return True
 
     # --- retries: the database or broker being away is not a reason to lose anything ----------
 
@@ -269,3 +299,11 @@ class LocatorProcess:
         purged = self._with_store(purge)
         if purged:
             log.info("unregistered_purged", observations=purged)
+
+
+def _timestamp(message: Message) -> datetime:
+    """The record's timestamp (producer create time or broker append time)."""
+    kind, millis = message.timestamp()
+    if kind == TIMESTAMP_NOT_AVAILABLE:
+        return datetime.now(UTC)
+    return datetime.fromtimestamp(millis / 1000, UTC)

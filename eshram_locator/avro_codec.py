@@ -735,8 +735,8 @@ class AvroCodec:
 
     def _plan(self, entry: SchemaEntry) -> _Plan:
         reader = self._catalog.current_or_none(entry.record_name)
-        if reader is None:
-            raise UnknownSchemaError(f"no reader schema for record {entry.full_name}")
+        if reader is None:  # a schema learned only from the schema topic: read as written
+            return entry.record_name, entry.parsed, None
         if reader.fingerprint == entry.fingerprint:
             return entry.record_name, reader.parsed, None
         return entry.record_name, entry.parsed, reader.parsed

@@ -58,7 +58,7 @@ class RejectedRecord(PermanentRecordError):
 
 
 def read_collection(codec: AvroCodec, message: RawMessage) -> RationCollection:
-    datum = _decode_guarded(codec, message, RATION_COLLECTION)
+    datum = decode_guarded(codec, message, RATION_COLLECTION)
     collection = ration_collection_from_avro(datum)
     key = (message.key or b"").decode("utf-8", errors="replace")
     if key != collection.member_ref:
@@ -74,14 +74,14 @@ def read_registration(codec: AvroCodec, message: RawMessage) -> WorkerRegistrati
     if message.value is None:
         return None
     registration = worker_registration_from_avro(
-        _decode_guarded(codec, message, WORKER_REGISTRATION)
+        decode_guarded(codec, message, WORKER_REGISTRATION)
     )
     if registration.uan != key:
         raise ValidationError("message key is not the record's uan")
     return registration
 
 
-def _decode_guarded(codec: AvroCodec, message: RawMessage, record: str) -> dict[str, Any]:
+def decode_guarded(codec: AvroCodec, message: RawMessage, record: str) -> dict[str, Any]:
     if message.value is None:
         raise ValidationError(f"empty value where a {record} was expected")
     _, datum = codec.decode(message.value, record)

@@ -53,6 +53,7 @@ class RegistryUpdate:
 
     uan: str
     registration: WorkerRegistration | None
+    recorded_at: datetime  # the record's Kafka timestamp: when a tombstone deregistered
 
 
 @dataclass(slots=True)
@@ -108,15 +109,15 @@ class Locator:
             return set()
         current = store.workers({update.uan for update in registry}, lock=True)
         affected: set[str] = set()
-        deletions: list[tuple[str, str]] = []
-        member_assignments: list[tuple[str, str | None]] = []
+        deletions: list[tuple[str, str, datetime]] = []
+        member_assignments: dict[str, str | None] = {}  # the last word per member wins
         saved: dict[str, StoredWorker] = {}
         for update in registry:
             old = saved.get(update.uan) or current.get(update.uan)
             if update.registration is None:
                 if old is not None:
-                    deletions.append((old.uan, old.member_ref))
-                    member_assignments.append((old.member_ref, None))
+                    deletions.append((old.uan, old.member_ref, update.recorded_at))
+                    member_assignments[old.member_ref] = None
                     saved.pop(update.uan, None)
                     current.pop(update.uan, None)
                     affected.discard(update.uan)
@@ -130,8 +131,8 @@ class Locator:
                 old_registration, new, baselines_from_json(old.baselines) if old else ()
             )
             if old is not None and old.member_ref != new.member_ref:
-                member_assignments.append((old.member_ref, None))
-            member_assignments.append((new.member_ref, new.uan))
+                member_assignments[old.member_ref] = None
+            member_assignments[new.member_ref] = new.uan
             baseline = new.baseline
             saved[new.uan] = StoredWorker(
                 uan=new.uan,
@@ -151,9 +152,9 @@ class Locator:
                 or old_registration.member_ref != new.member_ref
             ):
                 affected.add(new.uan)
-        # Deletions first: a uan deregistered and registered again in one batch ends registered.
+        # A uan deregistered and registered again in one batch ends registered.
+        store.set_member_uans(list(member_assignments.items()))
         store.delete_workers([d for d in deletions if d[0] not in saved])
-        store.set_member_uans(member_assignments)
         store.save_workers(list(saved.values()))
         return affected
 
@@ -200,13 +201,14 @@ class Locator:
                     retracted.append(event.supersedes_event_id)
                 outcome.changes.append(event)
             last_requested_at = worker.last_address_request_at
-            moves = [e for e in events if e.change_type is not ChangeType.RETRACTED]
-            if moves:
-                # Rule 9 decides at each new change, on event time (the first day of its
-                # effective month), so a replay or another batching asks the same questions.
-                as_of = month_start(max(e.effective_month for e in moves))
+            for move in events:
+                if move.change_type is ChangeType.RETRACTED:
+                    continue
+                # Rule 9, decided for each new change with its location, on event time (the
+                # first day of its effective month): another batching asks the same questions.
+                as_of = month_start(move.effective_month)
                 request = address_update_request(
-                    profile, timeline, last_requested_at, as_of, self._params
+                    profile, move.current_location, last_requested_at, as_of, self._params
                 )
                 if request is not None:
                     body = self._codec.encode(

@@ -60,12 +60,14 @@ How each rule is read here (numbers as in rules.md):
    the first seen). Event ids are UUIDv5 of (uan, effective month, district, change type) in a
    fixed namespace: a replay or a recomputation with the same result gives the same ids, and
    ``reconcile`` then returns nothing.
-9. **Address update requests.** When the worker is ``sms_reachable`` and the derived current
-   district differs from the registered present address's district (from the permanent
-   address's when no present address is registered: rule 4's reference point), unless a request
+9. **Address update requests.** For each new change, when the worker is ``sms_reachable`` and
+   the change's district differs from the registered address in effect in its effective month
+   (the baseline of rule 4 as rule 11's history has it: present address, else permanent;
+   carried in ``registered_present_address``), unless a request
    was made less than ``address_request_cooldown_days`` before ``as_of``. The cooldown is
-   measured on event time (``as_of`` = the latest ``transacted_at`` the decision rests on,
-   ``requested_at`` = ``as_of``), so a replay gives the same answer and the same ``request_id``
+   measured on event time (``as_of`` = the first instant, IST, of the new change's effective
+   month; the decision is taken for each new change, with its location; ``requested_at`` =
+   ``as_of``), so a replay gives the same answer and the same ``request_id``
    (UUIDv5 of uan, derived district and ``as_of`` in epoch milliseconds).
 10. **Sharing with states.** Routing, not decided here.
 11. **Registry changes.** ``next_baselines`` keeps the worker's baseline history: a first
@@ -116,8 +118,8 @@ LOCATION_EVENT_NAMESPACE = uuid.UUID("2b715016-77fd-52e8-b71f-889c0854ae39")
 ADDRESS_REQUEST_NAMESPACE = uuid.UUID("befe16af-6725-5b76-92f0-6e1e41617b0d")
 
 #: ``AddressUpdateRequested.reason`` values.
-REASON_PRESENT_ADDRESS_DIFFERS = "PRESENT_ADDRESS_DIFFERS"
-REASON_NO_PRESENT_ADDRESS = "NO_PRESENT_ADDRESS"
+#: The registered address in effect (present, else permanent) is not where the worker is seen.
+REASON_REGISTERED_ADDRESS_DIFFERS = "REGISTERED_ADDRESS_DIFFERS"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -214,6 +216,14 @@ class WorkerProfile:
     @property
     def baseline_history(self) -> tuple[Baseline, ...]:
         return self.baselines or ((None, self.baseline),)
+
+    def baseline_at(self, month: str) -> Location:
+        """The baseline in effect in ``month`` (the last re-baseline at or before it)."""
+        found = self.baseline_history[0][1]
+        for since, location in self.baseline_history[1:]:
+            if str(since) <= month:
+                found = location
+        return found
 
     @classmethod
     def from_registration(
@@ -525,23 +535,25 @@ def reconcile(
 
 def address_update_request(
     profile: WorkerProfile,
-    timeline: Timeline,
+    derived: Location,
     last_requested_at: datetime | None,
     as_of: datetime,
     params: RuleParams,
 ) -> AddressUpdateRequested | None:
     """Rule 9: ask the worker to update their present address, at most once per cooldown.
 
-    ``as_of`` is event time: the latest ``transacted_at`` the timeline rests on. A request made
-    less than ``address_request_cooldown_days`` before it (or after it) suppresses this one.
+    Decided for each new change, with ``derived`` its location and ``as_of`` event time (the
+    first instant of its effective month), so the answer does not depend on how the input was
+    batched. A request made less than ``address_request_cooldown_days`` before ``as_of`` (or
+    after it) suppresses this one.
     """
     _require_aware("as_of", as_of)
     if not profile.sms_reachable:
         return None
-    derived = timeline.current_location
-    registered = profile.present_address
-    reference = registered if registered is not None else profile.permanent_address
-    if derived.district == reference.district:
+    # The address the registry had when the change took effect (rule 11's history), so the
+    # answer is the same whether a registry update was read before or after the collections.
+    registered = profile.baseline_at(month_of(as_of))
+    if derived.district == registered.district:
         return None
     if last_requested_at is not None:
         _require_aware("last_requested_at", last_requested_at)
@@ -552,9 +564,7 @@ def address_update_request(
         uan=profile.uan,
         derived_location=derived,
         registered_present_address=registered,
-        reason=(
-            REASON_PRESENT_ADDRESS_DIFFERS if registered is not None else REASON_NO_PRESENT_ADDRESS
-        ),
+        reason=REASON_REGISTERED_ADDRESS_DIFFERS,
         requested_at=as_of,
     )
 

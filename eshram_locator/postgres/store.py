@@ -179,16 +179,23 @@ class LocatorStore:
                 ],
             )
 
-    def delete_workers(self, deletions: Sequence[tuple[str, str]]) -> None:
-        """Rule 11 tombstones: (uan, member_ref) -> the worker's state and whole history go."""
+    def delete_workers(self, deletions: Sequence[tuple[str, str, datetime]]) -> None:
+        """Rule 11 tombstones: (uan, member_ref, tombstone time) -> the worker's state and whole
+        history go, and collections of that member up to that time are not stored again."""
         if not deletions:
             return
-        uans = [uan for uan, _ in deletions]
-        refs = [ref for _, ref in deletions]
+        uans = [uan for uan, _, _ in deletions]
+        refs = [ref for _, ref, _ in deletions]
         self._conn.execute("DELETE FROM location_changes WHERE uan = ANY(%s)", (uans,))
         self._conn.execute("DELETE FROM observations WHERE member_ref = ANY(%s)", (refs,))
         self._conn.execute("DELETE FROM workers WHERE uan = ANY(%s)", (uans,))
-        self._conn.execute("UPDATE members SET uan = NULL WHERE member_ref = ANY(%s)", (refs,))
+        self._conn.execute(
+            "UPDATE members AS m SET uan = NULL,"
+            " deregistered_at = GREATEST(m.deregistered_at, d.at)"
+            " FROM unnest(%s::text[], %s::timestamptz[]) AS d(member_ref, at)"
+            " WHERE m.member_ref = d.member_ref",
+            (refs, [at for _, _, at in deletions]),
+        )
 
     # --- observations ------------------------------------------------------------------------
 
@@ -229,7 +236,10 @@ class LocatorStore:
                     )
             inserted = sql.SQL(
                 "INSERT INTO observations ({cols}) SELECT DISTINCT ON (source, transaction_id)"
-                " {cols} FROM staging_observations ORDER BY source, transaction_id"
+                " {cols} FROM staging_observations s WHERE NOT EXISTS (SELECT 1 FROM members m"
+                "  WHERE m.member_ref = s.member_ref AND m.uan IS NULL"
+                "  AND m.deregistered_at >= s.transacted_at)"
+                " ORDER BY source, transaction_id"
                 " ON CONFLICT (source, transaction_id) DO NOTHING RETURNING member_ref"
             ).format(cols=columns)
             refs = {str(row[0]) for row in cursor.execute(inserted).fetchall()}

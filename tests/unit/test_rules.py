@@ -28,8 +28,7 @@ from eshram_locator.domain.months import (
 )
 from eshram_locator.domain.rules import (
     LOCATION_EVENT_NAMESPACE,
-    REASON_NO_PRESENT_ADDRESS,
-    REASON_PRESENT_ADDRESS_DIFFERS,
+    REASON_REGISTERED_ADDRESS_DIFFERS,
     Observation,
     RuleParams,
     Timeline,
@@ -618,37 +617,45 @@ def test_rule9_request_when_derived_differs_from_present_address() -> None:
     worker = profile(present=PUNE)
     timeline = derive(stay(DELHI, "2024-01", 2), worker)
     as_of = at("2024-02")
-    request = address_update_request(worker, timeline, None, as_of, DEFAULT)
+    request = address_update_request(worker, timeline.current_location, None, as_of, DEFAULT)
     assert request is not None
     assert request.uan == UAN
     assert request.derived_location == DELHI
     assert request.registered_present_address == PUNE
-    assert request.reason == REASON_PRESENT_ADDRESS_DIFFERS
+    assert request.reason == REASON_REGISTERED_ADDRESS_DIFFERS
     assert request.requested_at == as_of
     assert uuid.UUID(request.request_id).version == 5
-    again = address_update_request(worker, timeline, None, as_of, DEFAULT)
+    again = address_update_request(worker, timeline.current_location, None, as_of, DEFAULT)
     assert again == request  # a replay gives the same request, same id
 
 
 def test_rule9_no_present_address_compares_with_permanent() -> None:
     worker = profile()
-    assert address_update_request(worker, derive([]), None, at("2024-02"), DEFAULT) is None
+    assert (
+        address_update_request(worker, derive([]).current_location, None, at("2024-02"), DEFAULT)
+        is None
+    )
     moved = derive(stay(DELHI, "2024-01", 2), worker)
-    request = address_update_request(worker, moved, None, at("2024-02"), DEFAULT)
+    request = address_update_request(worker, moved.current_location, None, at("2024-02"), DEFAULT)
     assert request is not None
-    assert request.reason == REASON_NO_PRESENT_ADDRESS
-    assert request.registered_present_address is None
+    assert request.reason == REASON_REGISTERED_ADDRESS_DIFFERS
+    assert request.registered_present_address == HOME  # no present address: the permanent one
 
 
 def test_rule9_same_district_or_unreachable_gets_no_request() -> None:
     timeline = derive(stay(DELHI_EAST, "2024-01", 2), profile(present=DELHI))
     assert (
-        address_update_request(profile(present=DELHI), timeline, None, at("2024-02"), DEFAULT)
+        address_update_request(
+            profile(present=DELHI), timeline.current_location, None, at("2024-02"), DEFAULT
+        )
         is None
     )
     unreachable = profile(present=PUNE, sms=False)
     moved = derive(stay(DELHI, "2024-01", 2), unreachable)
-    assert address_update_request(unreachable, moved, None, at("2024-02"), DEFAULT) is None
+    assert (
+        address_update_request(unreachable, moved.current_location, None, at("2024-02"), DEFAULT)
+        is None
+    )
 
 
 def test_rule9_cooldown_on_event_time() -> None:
@@ -657,17 +664,29 @@ def test_rule9_cooldown_on_event_time() -> None:
     last = at("2024-02")
     for days, expected in [(0, False), (89, False), (90, True), (200, True), (-5, False)]:
         as_of = last + timedelta(days=days)
-        request = address_update_request(worker, timeline, last, as_of, DEFAULT)
+        request = address_update_request(worker, timeline.current_location, last, as_of, DEFAULT)
         assert (request is not None) is expected, days
     shorter = RuleParams(address_request_cooldown_days=30)
-    assert address_update_request(worker, timeline, last, last + timedelta(days=30), shorter)
+    assert address_update_request(
+        worker, timeline.current_location, last, last + timedelta(days=30), shorter
+    )
+
+
+def test_rule9_compares_with_the_address_registered_when_the_change_took_effect() -> None:
+    # Seen in Delhi from January; the registry learns the Delhi address only in June.
+    caught_up = profile(rebaselined=(("2024-06", DELHI),))
+    january = datetime(2024, 1, 1, tzinfo=UTC)
+    request = address_update_request(caught_up, DELHI, None, january, DEFAULT)
+    assert request is not None
+    assert request.registered_present_address == HOME
+    assert address_update_request(caught_up, DELHI, None, at("2024-07"), DEFAULT) is None
 
 
 def test_rule9_request_ids_differ_by_decision_time() -> None:
     worker = profile(present=PUNE)
     timeline = derive(stay(DELHI, "2024-01", 2), worker)
-    one = address_update_request(worker, timeline, None, at("2024-02"), DEFAULT)
-    two = address_update_request(worker, timeline, None, at("2024-06"), DEFAULT)
+    one = address_update_request(worker, timeline.current_location, None, at("2024-02"), DEFAULT)
+    two = address_update_request(worker, timeline.current_location, None, at("2024-06"), DEFAULT)
     assert one is not None
     assert two is not None
     assert one.request_id != two.request_id

@@ -7,7 +7,10 @@
 CREATE TABLE members (
     member_ref    text PRIMARY KEY,
     uan           text,
-    first_seen_at timestamptz NOT NULL DEFAULT now()
+    first_seen_at timestamptz NOT NULL DEFAULT now(),
+    -- Set by a registry tombstone (its record timestamp): the member's collections up to then
+    -- were the deleted worker's history and are not kept, whichever topic is read first.
+    deregistered_at timestamptz
 );
 CREATE INDEX members_unregistered ON members (first_seen_at) WHERE uan IS NULL;
 
