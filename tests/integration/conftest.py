@@ -7,9 +7,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from consumers.locator import Totals
 from eshram_locator import bootstrap
@@ -98,3 +101,34 @@ def pipeline(
     finally:
         for future in admin.delete_topics([s.name for s in specs], operation_timeout=30).values():
             future.result()
+
+
+@pytest.fixture
+def reference(pipeline: Pipeline, admin: AdminClient, postgres_dsn: str) -> Iterator[Pipeline]:
+    """A second isolated pipeline for the uninterrupted run."""
+    suffix = uuid.uuid4().hex[:8]
+    prefix = f"t-reference-{suffix}."
+    database = f"reference_{suffix}"
+    server = make_conninfo(postgres_dsn, dbname="postgres")
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    specs = [s for s in topic_specs(3, 2, 1, prefix=prefix) if ".state." not in s.name]
+    provision_topics(admin, specs)
+    dsn = make_conninfo(postgres_dsn, dbname=database)
+    settings = pipeline.settings.model_copy(
+        update={"topic_prefix": prefix, "consumer_group": f"reference-{suffix}"}
+    )
+    try:
+        yield Pipeline(
+            settings,
+            bootstrap.Endpoints(pipeline.endpoints.bootstrap_servers, dsn),
+            TopicNames(prefix),
+            pipeline.codec,
+        )
+    finally:
+        for future in admin.delete_topics([s.name for s in specs], operation_timeout=30).values():
+            future.result()
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+            )
