@@ -1,0 +1,455 @@
+"""The contract over the real broker and database: every record through Kafka and back, the
+schema topic as a consumer in another language would read it, and the store's round trips."""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from fastavro import schemaless_reader
+
+from eshram_locator.avro_codec import (
+    CONFLUENT_MAGIC,
+    SINGLE_OBJECT_HEADER_SIZE,
+    SINGLE_OBJECT_MAGIC,
+    AvroCodec,
+    SchemaCatalog,
+    SchemaRegistryClient,
+    canonical_form,
+    fingerprint,
+    fingerprint_from_hex,
+    fingerprint_hex,
+    schema_topic_records,
+)
+from eshram_locator.domain.model import (
+    AddressUpdateRequested,
+    AuthMode,
+    ChangeType,
+    CollectionItem,
+    Evidence,
+    Location,
+    LocationChanged,
+    Migration,
+    MigrationFlow,
+    Portability,
+    RationCollection,
+    WorkerRegistration,
+)
+from eshram_locator.domain.rules import Observation, address_request_id, location_event_id
+from eshram_locator.kafka import clients
+from eshram_locator.kafka.publish import publish_schemas
+from eshram_locator.kafka.topics import COMPACT, provision_topics, topic_specs
+from eshram_locator.postgres.migrate import apply_migrations
+from eshram_locator.postgres.store import LocatorStore, OutboxRow, observation_key
+from eshram_locator.records import FROM_AVRO, to_avro
+from eshram_locator.settings import Settings
+from eshram_locator.topics import TopicNames
+from tests.unit.test_avro_codec import _FakeRegistry
+
+pytestmark = pytest.mark.integration
+
+TopicFactory = Callable[..., str]
+
+# --- realistic records (timestamps at millisecond precision: timestamp-millis keeps no more) ----
+
+UAN = "100234567891"
+MEMBER_REF = "adv:9f2c41d0-7b3e-4a55-a1c2-5d8e0f6b7a13"
+HOME = Location(9, 164, 791, 146523, "221002")  # Varanasi, Uttar Pradesh
+WORK = Location(27, 519, 4156, 556677, "400072")  # Mumbai Suburban, Maharashtra
+T0 = datetime(2024, 4, 1, 5, 42, 17, 381000, tzinfo=UTC)
+
+COLLECTION = RationCollection(
+    transaction_id="IMPDS-27-2024-04-0000917321",
+    source="IM-PDS",
+    ration_card_id="UP-0916-4007-8812",
+    member_ref=MEMBER_REF,
+    auth_mode=AuthMode.FINGERPRINT,
+    fps_id="FPS-27-519-0412",
+    fps_location=WORK,
+    card_state_lgd=9,
+    portability=Portability.INTER_STATE,
+    allocation_month="2024-04",
+    transacted_at=T0,
+    items=(
+        CollectionItem("RICE", "PMGKAY", 15_000),
+        CollectionItem("WHEAT", "NFSA-PHH", 10_000),
+    ),
+)
+
+REGISTRATION = WorkerRegistration(
+    uan=UAN,
+    member_ref=MEMBER_REF,
+    permanent_address=HOME,
+    present_address=None,
+    occupation_nco="7112.0100",
+    consent_state_sharing=True,
+    sms_reachable=True,
+    updated_at=datetime(2023, 11, 20, 9, 15, 3, 27000, tzinfo=UTC),
+)
+
+MOVED = LocationChanged(
+    event_id=location_event_id(UAN, "2024-03", WORK.district, ChangeType.MOVED),
+    change_type=ChangeType.MOVED,
+    uan=UAN,
+    previous_location=HOME,
+    current_location=WORK,
+    effective_month="2024-03",
+    detected_at=T0 + timedelta(seconds=3),
+    migration=Migration.INTER_STATE,
+    home_state_lgd=9,
+    evidence=Evidence(2, 3, "2024-03", "2024-04", ("FPS-27-519-0409", "FPS-27-519-0412")),
+    confidence=0.6667,
+    present_address_matches=False,
+    supersedes_event_id=None,
+)
+
+RETRACTED = replace(
+    MOVED,
+    event_id=location_event_id(UAN, "2024-03", WORK.district, ChangeType.RETRACTED),
+    change_type=ChangeType.RETRACTED,
+    detected_at=T0 + timedelta(days=40),
+    supersedes_event_id=MOVED.event_id,
+)
+
+AS_OF = datetime(2024, 3, 1, tzinfo=UTC)
+ADDRESS_REQUEST = AddressUpdateRequested(
+    request_id=address_request_id(UAN, WORK.district, AS_OF),
+    uan=UAN,
+    derived_location=WORK,
+    registered_present_address=None,
+    reason="NO_PRESENT_ADDRESS",
+    requested_at=AS_OF,
+)
+
+FLOW = MigrationFlow(
+    month="2024-03",
+    from_state_lgd=9,
+    from_district_lgd=164,
+    to_state_lgd=27,
+    to_district_lgd=519,
+    workers=1_284,
+    moves_in=97,
+)
+
+# (record, message key as the contract says)
+SAMPLES: list[tuple[Any, str]] = [
+    (COLLECTION, MEMBER_REF),
+    (REGISTRATION, UAN),
+    (MOVED, UAN),
+    (RETRACTED, UAN),
+    (ADDRESS_REQUEST, UAN),
+    (FLOW, f"{FLOW.month}:{FLOW.from_district_lgd}:{FLOW.to_district_lgd}"),
+]
+IDS = [
+    "RationCollection",
+    "WorkerRegistration",
+    "LocationChanged-MOVED",
+    "LocationChanged-RETRACTED",
+    "AddressUpdateRequested",
+    "MigrationFlow",
+]
+
+
+def test_every_record_of_the_contract_is_sampled(settings: Settings) -> None:
+    catalog = SchemaCatalog.load(settings.avro_dir)
+    assert {to_avro(record)[0] for record, _ in SAMPLES} == set(catalog.record_names())
+
+
+# --- Kafka helpers ------------------------------------------------------------------------------
+
+
+Consumed = tuple[bytes | None, bytes | None]
+
+
+def consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0) -> list[Consumed]:
+    """(key, value) of the first ``expected`` messages of ``topic``, read as a plain consumer."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"contract-reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+        }
+    )
+    found: list[Consumed] = []
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        partitions = sorted(metadata.topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        deadline = datetime.now(UTC) + timedelta(seconds=timeout_s)
+        while len(found) < expected and datetime.now(UTC) < deadline:
+            for message in consumer.consume(expected - len(found), 0.5):
+                assert message.error() is None, message.error()
+                found.append((message.key(), message.value()))
+    finally:
+        consumer.close()
+    assert len(found) == expected, f"{topic}: {len(found)} of {expected} messages in {timeout_s} s"
+    return found
+
+
+def produce(bootstrap: str, topic: str, key: str, value: bytes) -> None:
+    producer = clients.producer(bootstrap, **{"linger.ms": 0})
+    producer.produce(topic, value, key.encode())
+    clients.flush_all(producer, 30)
+
+
+def round_trip(
+    codec: AvroCodec, reader: AvroCodec, bootstrap: str, topic: str, record: Any, key: str
+) -> bytes:
+    """Encode with ``codec``, produce, consume, decode with ``reader`` (another instance),
+    convert back: the record comes back equal. Returns the payload."""
+    name, datum = to_avro(record)
+    payload = codec.encode(name, datum, topic=topic)
+    produce(bootstrap, topic, key, payload)
+    [(got_key, got_value)] = consume(bootstrap, topic, 1)
+    assert got_key == key.encode()
+    assert got_value == payload
+    decoded_name, decoded = reader.decode(got_value)
+    assert decoded_name == name
+    assert FROM_AVRO[decoded_name](decoded) == record
+    return payload
+
+
+# --- single-object encoding ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("record", "key"), SAMPLES, ids=IDS)
+def test_single_object_round_trip(
+    record: Any, key: str, settings: Settings, kafka_bootstrap: str, unique_topic: TopicFactory
+) -> None:
+    writer = AvroCodec(SchemaCatalog.load(settings.avro_dir))
+    reader = AvroCodec(SchemaCatalog.load(settings.avro_dir))
+    payload = round_trip(writer, reader, kafka_bootstrap, unique_topic(), record, key)
+    entry = writer.catalog.current(to_avro(record)[0])
+    assert payload[:2] == SINGLE_OBJECT_MAGIC
+    assert payload[2:SINGLE_OBJECT_HEADER_SIZE] == entry.fingerprint.to_bytes(
+        8, "little", signed=True
+    )
+
+
+# --- Confluent framing, against an in-process registry ------------------------------------------
+
+
+@pytest.fixture
+def registry() -> Iterator[_FakeRegistry]:
+    server = _FakeRegistry()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize(("record", "key"), SAMPLES, ids=IDS)
+def test_confluent_framing_round_trip(
+    record: Any,
+    key: str,
+    settings: Settings,
+    kafka_bootstrap: str,
+    unique_topic: TopicFactory,
+    registry: _FakeRegistry,
+) -> None:
+    topic = unique_topic()
+    writer = AvroCodec(SchemaCatalog.load(settings.avro_dir), SchemaRegistryClient(registry.url))
+    # A fresh process: its client knows no id and fetches the writer schema from the registry.
+    reader = AvroCodec(SchemaCatalog.load(settings.avro_dir), SchemaRegistryClient(registry.url))
+    payload = round_trip(writer, reader, kafka_bootstrap, topic, record, key)
+    assert payload[:1] == CONFLUENT_MAGIC
+    schema_id = int.from_bytes(payload[1:5], "big")
+    assert registry.subjects == {f"{topic}-value": [schema_id]}
+    assert ("GET", f"/schemas/ids/{schema_id}") in registry.requests
+
+
+# --- locator.schemas ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def schema_names(admin: AdminClient) -> Iterator[TopicNames]:
+    """A unique prefix whose schema topic exists, compacted, as provisioning creates it."""
+    names = TopicNames(f"test.schemas.{uuid.uuid4().hex[:8]}.")
+    [spec] = [s for s in topic_specs(1, 1, 1, prefix=names.prefix) if s.name == names.schemas]
+    assert spec.config == COMPACT
+    provision_topics(admin, [spec])
+    try:
+        yield names
+    finally:
+        for future in admin.delete_topics([names.schemas], operation_timeout=30).values():
+            future.result()
+
+
+def _millis(value: Any) -> Any:
+    """A fastavro datum with datetimes as epoch milliseconds (how a schema without logical
+    types, such as a Parsing Canonical Form, reads a timestamp-millis field)."""
+    if isinstance(value, datetime):
+        return (value - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    if isinstance(value, dict):
+        return {key: _millis(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_millis(item) for item in value]
+    return value
+
+
+def test_schema_topic_is_all_a_consumer_needs(
+    settings: Settings, kafka_bootstrap: str, schema_names: TopicNames
+) -> None:
+    codec = AvroCodec(SchemaCatalog.load(settings.avro_dir))
+    published = publish_schemas(clients.producer(kafka_bootstrap), codec, schema_names)
+    shipped = schema_topic_records(codec.catalog)
+    assert published == len(shipped) > 0
+
+    records = consume(kafka_bootstrap, schema_names.schemas, published)
+    keys = []
+    for key, value in records:
+        assert key is not None
+        assert value is not None
+        text = key.decode("ascii")
+        assert re.fullmatch("[0-9a-f]{16}", text), text
+        schema_json = value.decode("utf-8")
+        assert canonical_form(schema_json) == schema_json  # the value is the canonical form
+        assert text == fingerprint_hex(fingerprint(schema_json))
+        keys.append(text)
+    assert sorted(keys) == sorted(key for key, _ in shipped)
+
+    # A consumer with nothing but the topic: register what it read, then decode our records.
+    catalog = SchemaCatalog()
+    for key, value in records:
+        assert key is not None
+        assert value is not None
+        catalog.register(value, expected_fingerprint=fingerprint_from_hex(key.decode("ascii")))
+    assert len(catalog) == published
+    assert {entry.record_name for entry in catalog} == set(codec.catalog.record_names())
+    for record, _ in SAMPLES:
+        name, datum = to_avro(record)
+        payload = codec.encode(name, datum)
+        assert payload[:2] == SINGLE_OBJECT_MAGIC
+        entry = catalog.get(int.from_bytes(payload[2:10], "little", signed=True))
+        assert entry is not None, f"{name}: writer schema not on the schema topic"
+        assert entry.record_name == name
+        body = io.BytesIO(payload[SINGLE_OBJECT_HEADER_SIZE:])
+        decoded = schemaless_reader(body, entry.parsed, None)
+        assert body.tell() == len(payload) - SINGLE_OBJECT_HEADER_SIZE
+        assert decoded == _millis(datum)
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def test_migrations_apply_once(fresh_database: str) -> None:
+    first = apply_migrations(fresh_database)
+    assert first, "no migration applied to an empty database"
+    assert first == sorted(first)
+    assert apply_migrations(fresh_database) == []
+    with psycopg.connect(fresh_database) as conn:
+        versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
+    assert sorted(versions) == first
+
+
+@pytest.fixture
+def store(fresh_database: str) -> Iterator[LocatorStore]:
+    apply_migrations(fresh_database)
+    store = LocatorStore.connect(fresh_database)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _observation(collection: RationCollection) -> Observation:
+    """What the store gives back: the idempotency key of rule 8 as the transaction id."""
+    return replace(
+        Observation.from_collection(collection),
+        transaction_id=observation_key(collection.source, collection.transaction_id),
+    )
+
+
+def test_observations_round_trip(store: LocatorStore) -> None:
+    otp_at_home = replace(
+        COLLECTION,
+        transaction_id="UPPDS-2024-05-0000000042",
+        source="UP-PDS",
+        auth_mode=AuthMode.OTP,
+        fps_id="FPS-09-164-0031",
+        fps_location=Location(9, 164),  # optional LGD parts and pincode unknown
+        portability=Portability.NONE,
+        allocation_month="2024-05",
+        transacted_at=T0 + timedelta(days=31, hours=3),
+    )
+    same_id_other_pds = replace(COLLECTION, source="MH-PDS")  # ids are unique per PDS only
+    other_member = replace(
+        COLLECTION, transaction_id="IMPDS-27-2024-04-0000917322", member_ref="adv:other"
+    )
+    collections = [COLLECTION, otp_at_home, same_id_other_pds, other_member]
+    with store.unit_of_work():
+        assert store.insert_observations(collections) == {MEMBER_REF, "adv:other"}
+    with store.unit_of_work():  # rule 8: a transaction seen before changes nothing
+        assert store.insert_observations([COLLECTION, other_member]) == set()
+        found = store.observations([MEMBER_REF, "adv:other", "adv:nobody"])
+    assert set(found) == {MEMBER_REF, "adv:other"}
+    by_id = sorted(found[MEMBER_REF], key=lambda o: o.transaction_id)
+    expected = sorted(
+        (_observation(c) for c in (COLLECTION, otp_at_home, same_id_other_pds)),
+        key=lambda o: o.transaction_id,
+    )
+    assert by_id == expected
+    assert found["adv:other"] == [_observation(other_member)]
+
+
+def test_offsets_round_trip(store: LocatorStore) -> None:
+    collections, registry = "t.pds.ration-collections.v1", "t.eshram.worker-registry.v1"
+    offsets = {(collections, 0): 1_204, (collections, 2): 17, (registry, 1): 3}
+    with store.unit_of_work():
+        store.save_offsets("locator-a", offsets)
+        store.save_offsets("locator-b", {(collections, 0): 5})
+    assert store.load_offsets("locator-a", [collections, registry]) == offsets
+    assert store.load_offsets("locator-a", [registry]) == {(registry, 1): 3}
+    assert store.load_offsets("locator-b", [collections]) == {(collections, 0): 5}
+    with store.unit_of_work():  # positions only move forward
+        store.save_offsets("locator-a", {(collections, 0): 1_000, (collections, 2): 18})
+    assert store.load_offsets("locator-a", [collections]) == {
+        (collections, 0): 1_204,
+        (collections, 2): 18,
+    }
+
+
+def test_outbox_round_trip(store: LocatorStore, settings: Settings) -> None:
+    codec = AvroCodec(SchemaCatalog.load(settings.avro_dir))
+    rows = [
+        OutboxRow("t.eshram.location-changes.v1", UAN.encode(), codec.encode(*to_avro(MOVED))),
+        OutboxRow(
+            "t.pds.ration-collections.v1.dlq",
+            MEMBER_REF.encode(),
+            b"\xc3\x01not avro",
+            (
+                ("traceparent", b"00-4bf92f3577b34da6-00f067aa0ba902b7-01"),
+                ("error.class", b"wrong_magic"),
+                ("empty", b""),
+                ("binary", bytes(range(256))),
+            ),
+        ),
+        OutboxRow("t.eshram.worker-registry.v1.dlq", None, None),
+    ]
+    with store.unit_of_work():
+        store.enqueue(rows)
+    with store.unit_of_work():
+        pending = store.pending_outbox(10)
+    assert [item.row for item in pending] == rows
+    ids = [item.id for item in pending]
+    assert ids == sorted(set(ids))
+    with store.unit_of_work():
+        assert [item.row for item in store.pending_outbox(2)] == rows[:2]
+        store.delete_outbox(ids[1])
+        assert [item.row for item in store.pending_outbox(10)] == rows[2:]
+        store.delete_outbox(ids[2])
+        assert store.pending_outbox(10) == []
