@@ -186,3 +186,144 @@ def locator_process(
         ),
         on_batch=on_batch,
     )
+
+
+# --- the streams worker, the states' API and the reference state subscriber ---------------------
+# Imported where used: Faust and aiohttp load only for the commands that need them.
+from typing import TYPE_CHECKING  # noqa: E402 (this section is appended to the module)
+
+if TYPE_CHECKING:
+    from consumers.state_subscriber import StateSubscriber
+    from streams.app import StreamsApp
+    from streams.projection import StateProjection
+
+
+def state_projections(settings: Settings) -> dict[int, StateProjection]:
+    """Each state's projection (LOCATOR_STATE_GRANULARITY, LOCATOR_STATE_WITHHELD_FIELDS)."""
+    from streams.projection import Granularity, StateProjection, WithholdableField
+
+    codes = {*settings.state_granularity, *settings.state_withheld_fields}
+    projections: dict[int, StateProjection] = {}
+    for code in sorted(codes):
+        state = _state_code(code, "LOCATOR_STATE_GRANULARITY / LOCATOR_STATE_WITHHELD_FIELDS")
+        projections[state] = StateProjection(
+            Granularity(settings.state_granularity.get(code, "district")),
+            frozenset(
+                WithholdableField(name) for name in settings.state_withheld_fields.get(code, [])
+            ),
+        )
+    return projections
+
+
+def api_tokens(settings: Settings) -> dict[str, int]:
+    """Bearer token -> state (LOCATOR_API_TOKENS is keyed by state so that tokens stay secret)."""
+    tokens: dict[str, int] = {}
+    for code, secret in settings.api_tokens.items():
+        token = secret.get_secret_value()
+        if len(token) < 16:
+            raise ConfigError(f"LOCATOR_API_TOKENS: the token of state {code} is shorter than 16")
+        if token in tokens:
+            raise ConfigError("LOCATOR_API_TOKENS: two states share a token")
+        tokens[token] = _state_code(code, "LOCATOR_API_TOKENS")
+    return tokens
+
+
+def _state_code(code: str, variable: str) -> int:
+    from eshram_locator.geography import STATES_BY_LGD
+
+    if len(code) != 2 or not code.isdigit() or int(code) not in STATES_BY_LGD:
+        raise ConfigError(f"{variable}: {code!r} is not a 2-digit state LGD code")
+    return int(code)
+
+
+def topic_partitions(bootstrap_servers: str, names: list[str]) -> dict[str, int | None]:
+    """Partition count of each topic (None: it does not exist)."""
+    metadata = admin_client(bootstrap_servers).list_topics(timeout=30)
+    return {
+        name: len(metadata.topics[name].partitions) if name in metadata.topics else None
+        for name in names
+    }
+
+
+def streams_app(settings: Settings, endpoints: Endpoints, *, with_api: bool = True) -> StreamsApp:
+    """The streams worker, checked for co-partitioning, with the states' API attached."""
+    from streams.api import ApiConfig, build_api
+    from streams.app import StreamsApp, StreamsConfig
+    from streams.copartition import copartitioned_partitions
+
+    names = topic_names(settings)
+    joined = (names.registry, names.location_changes)
+    partitions = copartitioned_partitions(
+        topic_partitions(endpoints.bootstrap_servers, list(joined)), joined
+    )
+    avro = codec(settings)
+    publish_schemas(clients.producer(endpoints.bootstrap_servers), avro, names)
+    projections = state_projections(settings)
+    data_dir = settings.streams_data_dir or settings.local_dir / "streams"
+    app = StreamsApp(
+        StreamsConfig(
+            app_id=settings.topic_prefix + settings.streams_app_id,
+            bootstrap_servers=endpoints.bootstrap_servers,
+            names=names,
+            partitions=partitions,
+            store=f"{settings.streams_store}://",
+            data_dir=data_dir,
+            replication_factor=settings.replication_factor,
+            projections=projections,
+        ),
+        avro,
+    )
+    if with_api:
+        api = build_api(app, ApiConfig(api_tokens(settings), projections))
+        app.serve_api(api, settings.api_host, settings.api_port)
+    return app
+
+
+def run_streams(settings: Settings, endpoints: Endpoints) -> None:
+    """Run the streams worker until SIGTERM/SIGINT (Faust's worker handles both)."""
+    import faust
+
+    app = streams_app(settings, endpoints)
+    worker = faust.Worker(app.app, loglevel=settings.log_level.lower(), quiet=True)
+    worker.execute_from_commandline()
+
+
+def state_subscriber(
+    settings: Settings,
+    endpoints: Endpoints,
+    state_lgd: int,
+    *,
+    from_beginning: bool = False,
+    idle_exit_polls: int | None = None,
+) -> StateSubscriber:
+    """The reference subscriber of one state: its topic into its own PostgreSQL tables."""
+    from consumers.state_subscriber import (
+        SchemaTopicDecoder,
+        StateSubscriber,
+        SubscriberConfig,
+        schema_topic_loader,
+    )
+
+    code = _state_code(f"{state_lgd:02d}", "--state")
+    names = topic_names(settings)
+    dsn = (
+        settings.subscriber_postgres_dsn.get_secret_value()
+        if settings.subscriber_postgres_dsn is not None
+        else endpoints.postgres_dsn
+    )
+    group = f"{settings.topic_prefix}{settings.subscriber_group}-{code:02d}"
+    return StateSubscriber(
+        consumer=clients.batch_consumer(endpoints.bootstrap_servers, group),
+        decoder=SchemaTopicDecoder(schema_topic_loader(endpoints.bootstrap_servers, names.schemas)),
+        conninfo=dsn,
+        config=SubscriberConfig(
+            state_lgd=code,
+            topic=names.state(code),
+            schemas_topic=names.schemas,
+            group_id=group,
+            batch_size=settings.batch_size,
+            batch_timeout_s=settings.batch_timeout_s,
+            idle_exit_polls=idle_exit_polls,
+            from_beginning=from_beginning,
+        ),
+    )

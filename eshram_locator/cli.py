@@ -245,5 +245,45 @@ def demo(
 # --- streams and the reference state subscriber ------------------------------------------------
 
 
+@command(app, "streams")
+def streams() -> None:
+    """Run the streams worker (state fan-out, migration flows) and the states' query API.
+
+    SIGTERM or Ctrl-C stops it; its tables are on disk and in their changelog topics."""
+    settings = _settings()
+    endpoints = bootstrap.ensure_services(settings)
+    bootstrap.run_streams(settings, endpoints)
+
+
+@command(app, "subscriber")
+def subscriber(
+    state: Annotated[
+        int, typer.Option("--state", help="2-digit LGD code of the state whose topic to read.")
+    ],
+    from_beginning: Annotated[
+        bool, typer.Option(help="Replay the topic from its start, ignoring stored offsets.")
+    ] = False,
+    until_idle: Annotated[
+        bool, typer.Option(help="Exit once the topic has been idle for a few seconds.")
+    ] = False,
+) -> None:
+    """Run the reference subscriber of one state: its topic into its own PostgreSQL table."""
+    settings = _settings()
+    endpoints = bootstrap.ensure_services(settings)
+    process = bootstrap.state_subscriber(
+        settings,
+        endpoints,
+        state,
+        from_beginning=from_beginning,
+        idle_exit_polls=_IDLE_POLLS if until_idle else None,
+    )
+    process.install_signal_handlers()
+    totals = process.run()
+    typer.echo(
+        f"consumed {totals.consumed}, applied {totals.applied}, "
+        f"duplicates {totals.duplicates}, rejected {totals.rejected}"
+    )
+
+
 def main() -> None:
     app()

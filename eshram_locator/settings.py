@@ -133,12 +133,6 @@ class Settings(BaseSettings):
         le=3650,
         description="Days a collection by an unregistered member is kept for a late registration.",
     )
-    shutdown_timeout_s: float = Field(
-        10.0,
-        gt=0,
-        le=300,
-        description="SIGTERM: the batch in flight finishes and commits within this time.",
-    )
     rules: RuleSettings = Field(
         default_factory=lambda: RuleSettings(),
         description="Derivation rule numbers (LOCATOR_RULES__CONFIRM_MONTHS, ...).",
@@ -203,6 +197,46 @@ class Settings(BaseSettings):
     @property
     def bootstrap_servers(self) -> str:
         return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+
+    # --- Streams and API ---
+    streams_app_id: str = Field(
+        "eshram-streams",
+        pattern=r"^[A-Za-z0-9._-]{1,100}$",
+        description="Faust application id of the streams worker: its consumer group and the prefix of its changelog topics (after LOCATOR_TOPIC_PREFIX).",
+    )
+    streams_store: Literal["rocksdb", "memory"] = Field(
+        "rocksdb",
+        description="Table store of the streams worker: rocksdb (on disk, recovered from the changelog) or memory (tests).",
+    )
+    streams_data_dir: Path | None = Field(
+        None,
+        description="Where the streams worker keeps its RocksDB tables. Unset: <LOCATOR_LOCAL_DIR>/streams.",
+    )
+    state_granularity: dict[str, Literal["district", "state"]] = Field(
+        default_factory=dict,
+        description='Location granularity each state receives, by 2-digit state code, as JSON (e.g. {"09": "state"}). Default district.',
+    )
+    state_withheld_fields: dict[str, list[Literal["evidence", "previous_location"]]] = Field(
+        default_factory=dict,
+        description='Fields withheld from a state, by 2-digit state code, as JSON (e.g. {"27": ["evidence"]}). Default none.',
+    )
+    api_host: str = Field(
+        "127.0.0.1", min_length=1, description="Address the states' query API listens on."
+    )
+    api_port: int = Field(8088, ge=1, le=65535, description="Port of the states' query API.")
+    api_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='Bearer token of each state API client, by 2-digit state code, as JSON (e.g. {"09": "..."}). No token: the state has no access.',
+    )
+    subscriber_postgres_dsn: SecretStr | None = Field(
+        None,
+        description="libpq connection string of the reference state subscriber's database. Unset: the service's database.",
+    )
+    subscriber_group: str = Field(
+        "state-subscriber",
+        pattern=r"^[A-Za-z0-9._-]{1,100}$",
+        description="Consumer group of the reference state subscriber (the state code is appended).",
+    )
 
 
 class _TomlFileSource(PydanticBaseSettingsSource):
