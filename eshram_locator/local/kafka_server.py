@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -20,7 +19,6 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from eshram_locator.errors import LocalServiceError
+from eshram_locator.local._common import file_lock, port_free, tail
 
 log = structlog.get_logger()
 
@@ -36,7 +35,6 @@ LOG4J_VERSION = "2.24.3"
 SLF4J_VERSION = "2.0.16"  # log4j-slf4j2-impl binds the slf4j 2 API; Kafka's pom names 1.7
 _MAIN_CLASS = "kafka.Kafka"
 _READY_POLL_S = 0.25
-_LOG_TAIL_LINES = 40
 
 _POM_TEMPLATE = """<?xml version="1.0" encoding="UTF-8"?>
 <!-- Written by eshram-locator: the runtime class path of a local Kafka {version} broker. -->
@@ -172,7 +170,7 @@ class LocalKafka:
         if shutil.which("mvn") is None:
             raise LocalServiceError("mvn is not on PATH: install Maven (apt-get install maven)")
         self._jar_dir.mkdir(parents=True, exist_ok=True)
-        with _file_lock(self._jar_dir / ".lock"):
+        with file_lock(self._jar_dir / ".lock"):
             if _read(marker) == stamp:  # another process resolved them while we waited
                 return self._libs
             pom = self._jar_dir / "pom.xml"
@@ -199,7 +197,7 @@ class LocalKafka:
             if result.returncode != 0 or not any(self._libs.glob("kafka_2.13-*.jar")):
                 raise LocalServiceError(
                     f"resolving Kafka {self.version} jars with Maven failed "
-                    f"(exit {result.returncode}):\n{_tail(result.stdout + result.stderr)}"
+                    f"(exit {result.returncode}):\n{tail(result.stdout + result.stderr)}"
                 )
             marker.write_text(stamp)
             log.info(
@@ -220,7 +218,7 @@ class LocalKafka:
     def start(self, timeout_s: float = 90.0) -> KafkaStatus:
         """Start the broker unless it runs; return once it answers metadata requests."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with _file_lock(self.data_dir / ".start.lock"):  # two starters: one launches
+        with file_lock(self.data_dir / ".start.lock"):  # two starters: one launches
             return self._start(timeout_s)
 
     def _start(self, timeout_s: float) -> KafkaStatus:
@@ -344,7 +342,7 @@ class LocalKafka:
         if result.returncode != 0:
             raise LocalServiceError(
                 f"formatting Kafka storage in {self._log_dirs} failed "
-                f"(exit {result.returncode}):\n{_tail(result.stdout + result.stderr)}"
+                f"(exit {result.returncode}):\n{tail(result.stdout + result.stderr)}"
             )
         log.info("kafka.storage.formatted", cluster_id=cluster_id, log_dirs=str(self._log_dirs))
 
@@ -405,7 +403,7 @@ class LocalKafka:
         parts = []
         for path in (self._console_log, self._server_log):
             with contextlib.suppress(OSError):
-                parts.append(f"--- {path}\n{_tail(path.read_text(errors='replace'))}")
+                parts.append(f"--- {path}\n{tail(path.read_text(errors='replace'))}")
         return "\n".join(parts) or "(no log written)"
 
 
@@ -463,19 +461,8 @@ def _port_answers(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _port_free(port: int) -> bool:
-    """True if we could bind 127.0.0.1:port (TIME_WAIT leftovers do not count as taken)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _require_free(port: int, variable: str, what: str) -> None:
-    if not _port_free(port):
+    if not port_free(port):
         raise LocalServiceError(
             f"port {port} ({what}) is taken by another process; stop it or choose another "
             f"port with {variable}"
@@ -487,17 +474,3 @@ def _read(path: Path) -> str | None:
         return path.read_text().strip()
     except OSError:
         return None
-
-
-def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -9,14 +9,10 @@ Nothing here reads settings; ``bootstrap`` passes the values in.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import pwd
-import socket
 import stat
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +21,7 @@ import structlog
 from psycopg import sql
 
 from eshram_locator.errors import LocalServiceError
+from eshram_locator.local._common import file_lock, port_free, tail
 
 log = structlog.get_logger()
 
@@ -33,7 +30,6 @@ DEBIAN_POSTGRES_ROOT = Path("/usr/lib/postgresql")
 # created root-owned 0755 and checked before use (see _make_dir).
 ROOT_DATA_PARENT = Path("/var/tmp/eshram-locator")  # noqa: S108  # reason above
 SERVER_USER = "postgres"
-_LOG_TAIL_LINES = 40
 
 # Written on every start, included from postgresql.conf: the server's whole local configuration.
 _CONF_TEMPLATE = """# Written by eshram-locator on every start; edits are overwritten.
@@ -124,13 +120,13 @@ class LocalPostgres:
     def start(self, timeout_s: float = 60.0) -> PostgresStatus:
         """Start the server unless it runs; create the database if missing."""
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(self.data_dir.with_name(self.data_dir.name + ".lock")):
+        with file_lock(self.data_dir.with_name(self.data_dir.name + ".lock")):
             return self._start(timeout_s)
 
     def _start(self, timeout_s: float) -> PostgresStatus:
         pid = self._server_pid()
         if pid is None:
-            if not _port_free(self.port):
+            if not port_free(self.port):
                 raise LocalServiceError(
                     f"port {self.port} (the PostgreSQL port) is taken by another process; stop "
                     "it or choose another port with LOCATOR_POSTGRES_PORT"
@@ -232,7 +228,7 @@ class LocalPostgres:
         if result.returncode != 0:
             raise LocalServiceError(
                 f"initdb of {self._pgdata} failed (exit {result.returncode}):\n"
-                f"{_tail(result.stdout + result.stderr)}"
+                f"{tail(result.stdout + result.stderr)}"
             )
         with open(self._pgdata / "postgresql.conf", "a") as conf:
             conf.write(f"\ninclude_if_exists = '{_CONF_NAME}'\n")
@@ -291,31 +287,6 @@ class LocalPostgres:
 
     def _log_tail(self) -> str:
         try:
-            return _tail(self._log_file.read_text(errors="replace"))
+            return tail(self._log_file.read_text(errors="replace"))
         except OSError:
             return "(no log written)"
-
-
-def _port_free(port: int) -> bool:
-    """True if we could bind 127.0.0.1:port (TIME_WAIT leftovers do not count as taken)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
