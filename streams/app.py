@@ -171,37 +171,44 @@ class StreamsApp:
 
     async def _workers_agent(self, stream: Any) -> None:
         async for event in stream.events():
-            message = event.message
-            raw = RawMessage(
-                message.topic,
-                message.partition,
-                message.offset,
-                event.key,
-                event.value,
-                _headers(message.headers),
-            )
-            uan = (raw.key or b"").decode("utf-8", errors="replace")
-            data = self.workers.get(uan) if raw.key else None
-            old = None if data is None else WorkerView.from_json(data)
-            outcome = self.processor.process(raw, old)
-            self.totals["messages"] += 1
-            # Changes released from hold are not re-derived on a replay (the stored view no
-            # longer holds them): they must be acknowledged before the view is written.
-            released = raw.topic == self.config.names.registry and bool(outcome.outputs)
-            await self._send_all(outcome.outputs, acknowledged=released)
-            if outcome.dead_lettered:
-                self.totals["dead_lettered"] += 1
-            else:
-                self.totals["shared"] += len(outcome.outputs)
-            if not outcome.store:
-                continue
-            new = outcome.view
-            if new is None:
-                self.workers.pop(uan, None)
-            else:
-                self.workers[uan] = new.to_json()
-            self.residents.update(old, new)
-            await self._send_partials(raw.partition, old, new)
+            await self._work(event)
+            # Faust commits an event's offset once the agent asks for the next one, without
+            # waiting for what was sent meanwhile (changelog, partials, state topics): drain the
+            # producer first, so a crash can only replay an event, never drop its effects.
+            await self.app.producer.flush()
+
+    async def _work(self, event: Any) -> None:
+        message = event.message
+        raw = RawMessage(
+            message.topic,
+            message.partition,
+            message.offset,
+            event.key,
+            event.value,
+            _headers(message.headers),
+        )
+        uan = (raw.key or b"").decode("utf-8", errors="replace")
+        data = self.workers.get(uan) if raw.key else None
+        old = None if data is None else WorkerView.from_json(data)
+        outcome = self.processor.process(raw, old)
+        self.totals["messages"] += 1
+        # Changes released from hold are not re-derived on a replay (the stored view no
+        # longer holds them): they must be acknowledged before the view is written.
+        released = raw.topic == self.config.names.registry and bool(outcome.outputs)
+        await self._send_all(outcome.outputs, acknowledged=released)
+        if outcome.dead_lettered:
+            self.totals["dead_lettered"] += 1
+        else:
+            self.totals["shared"] += len(outcome.outputs)
+        if not outcome.store:
+            return
+        new = outcome.view
+        if new is None:
+            self.workers.pop(uan, None)
+        else:
+            self.workers[uan] = new.to_json()
+        self.residents.update(old, new)
+        await self._send_partials(raw.partition, old, new)
 
     async def _send_partials(
         self, partition: int, old: WorkerView | None, new: WorkerView | None
@@ -245,6 +252,7 @@ class StreamsApp:
             )
             self.totals["flows"] += len(changed)
             self.flow_pairs[key] = ledger.to_json()
+            await self.app.producer.flush()  # the ledger's changelog, before the offset commits
 
     async def _send_all(self, outputs: Iterable[Output], *, acknowledged: bool) -> None:
         """Send ``outputs``; with ``acknowledged``, return only once the broker has them all."""
