@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 import structlog
+from confluent_kafka.admin import AdminClient
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tqdm import tqdm
@@ -233,10 +233,7 @@ def _bar(total: int, label: str, enabled: bool) -> tqdm[None] | _NoBar:
     return tqdm(total=total, desc=label, unit="ev", unit_scale=True, smoothing=0.1)
 
 
-def _drop_earlier_runs(admin: object, dsn: str) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    assert isinstance(admin, AdminClient)
+def _drop_earlier_runs(admin: AdminClient, dsn: str) -> None:
     old_topics = [t for t in admin.list_topics(timeout=30).topics if t.startswith(DEMO_PREFIX)]
     if old_topics:
         for future in admin.delete_topics(old_topics, operation_timeout=60).values():
@@ -258,6 +255,3 @@ def _create_database(dsn: str, name: str) -> str:
     params = conninfo_to_dict(dsn)
     params["dbname"] = name
     return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
-
-
-ProgressCallback = Callable[[int], None]
