@@ -47,11 +47,10 @@ from confluent_kafka.admin import (
     NewTopic,
     ResourceType,
 )
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from eshram_locator import bootstrap
 from eshram_locator.avro_codec import AvroCodec
+from eshram_locator.demo import drop_namespaces
 from eshram_locator.domain.model import (
     AuthMode,
     CollectionItem,
@@ -145,29 +144,8 @@ def open_namespace(settings: Settings, endpoints: bootstrap.Endpoints) -> Namesp
 
 
 def drop_bench_namespaces(admin: AdminClient, dsn: str) -> None:
-    old_topics = [t for t in admin.list_topics(timeout=30).topics if t.startswith(TOPIC_PREFIX)]
-    if old_topics:
-        log(f"dropping {len(old_topics)} topics of earlier bench runs")
-        for future in admin.delete_topics(old_topics, operation_timeout=60).values():
-            future.result()
-    with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE %s",
-            (DATABASE_PREFIX.replace("_", r"\_") + "%",),
-        ).fetchall()
-        for (name,) in rows:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-
-def create_database(server_dsn: str, name: str) -> str:
-    """CREATE DATABASE ``name``; returns its DSN."""
-    with psycopg.connect(make_conninfo(server_dsn, dbname="postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    params = conninfo_to_dict(server_dsn)
-    params["dbname"] = name
-    return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
+    log("dropping the topics and databases of earlier bench runs")
+    drop_namespaces(admin, dsn, TOPIC_PREFIX, DATABASE_PREFIX)
 
 
 def create_topics(admin: AdminClient, names: Sequence[str], partitions: int) -> None:

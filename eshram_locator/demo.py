@@ -81,8 +81,8 @@ def run_simulated_pipeline(
     prefix = f"{DEMO_PREFIX}{run_id}."
     database = f"{DEMO_DATABASE_PREFIX}{run_id}"
     admin = bootstrap.admin_client(endpoints.bootstrap_servers)
-    _drop_earlier_runs(admin, endpoints.postgres_dsn)
-    dsn = _create_database(endpoints.postgres_dsn, database)
+    drop_namespaces(admin, endpoints.postgres_dsn, DEMO_PREFIX, DEMO_DATABASE_PREFIX)
+    dsn = create_database(endpoints.postgres_dsn, database)
     run_settings = settings.model_copy(
         update={"topic_prefix": prefix, "consumer_group": f"demo-{run_id}"}
     )
@@ -233,15 +233,16 @@ def _bar(total: int, label: str, enabled: bool) -> tqdm[None] | _NoBar:
     return tqdm(total=total, desc=label, unit="ev", unit_scale=True, smoothing=0.1)
 
 
-def _drop_earlier_runs(admin: AdminClient, dsn: str) -> None:
-    old_topics = [t for t in admin.list_topics(timeout=30).topics if t.startswith(DEMO_PREFIX)]
+def drop_namespaces(admin: AdminClient, dsn: str, topic_prefix: str, database_prefix: str) -> None:
+    """Delete the topics and databases of earlier runs (names starting with the prefixes)."""
+    old_topics = [t for t in admin.list_topics(timeout=30).topics if t.startswith(topic_prefix)]
     if old_topics:
         for future in admin.delete_topics(old_topics, operation_timeout=60).values():
             future.result()
     with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True) as conn:
         rows = conn.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE %s",
-            (DEMO_DATABASE_PREFIX + "%",),
+            (database_prefix.replace("_", r"\_") + "%",),
         ).fetchall()
         for (name,) in rows:
             conn.execute(
@@ -249,7 +250,8 @@ def _drop_earlier_runs(admin: AdminClient, dsn: str) -> None:
             )
 
 
-def _create_database(dsn: str, name: str) -> str:
+def create_database(dsn: str, name: str) -> str:
+    """CREATE DATABASE ``name`` on the server of ``dsn``; returns its DSN."""
     with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     params = conninfo_to_dict(dsn)
