@@ -16,7 +16,7 @@ from typing import Any
 
 from eshram_locator import topics
 from eshram_locator.avro_codec import AvroCodec
-from eshram_locator.domain.aadhaar import mask_record, mask_text, scan_record
+from eshram_locator.domain.aadhaar import mask_record, mask_text, may_hold_aadhaar, scan_record
 from eshram_locator.domain.model import RationCollection, WorkerRegistration
 from eshram_locator.errors import PermanentRecordError, RawAadhaarError, ValidationError
 from eshram_locator.postgres.store import OutboxRow
@@ -85,6 +85,8 @@ def decode_guarded(codec: AvroCodec, message: RawMessage, record: str) -> dict[s
     if message.value is None:
         raise ValidationError(f"empty value where a {record} was expected")
     _, datum = codec.decode(message.value, record)
+    if not may_hold_aadhaar(datum):
+        return datum
     hits = scan_record(datum)
     if hits:
         fields = sorted({path for path, _ in hits})

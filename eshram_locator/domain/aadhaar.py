@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from datetime import date, datetime
 from typing import Any
 
 _MIN_TEXT = 12  # a hit needs at least 12 characters
@@ -191,6 +192,53 @@ def _exempt_under(path: str, exempt_fields: frozenset[str]) -> frozenset[str]:
         return exempt_fields
     prefix = path + "."
     return frozenset(e[len(prefix) :] for e in exempt_fields if e.startswith(prefix))
+
+
+_PLAIN_LEAVES = (type(None), bool, float)
+
+
+def may_hold_aadhaar(datum: Any, exempt_keys: frozenset[str] = frozenset({"uan"})) -> bool:
+    """A quick, conservative pre-check for ``scan_record``: False only when ``scan_record``
+    (with ``exempt_keys`` as its top-level ``exempt_fields``) would find nothing.
+
+    The hot path: one type check per value and one regex search per string of 12 characters
+    or more, no paths built. Anything unusual (a subclass, an unknown type) answers True, so
+    that the full scan decides.
+    """
+    kind = type(datum)
+    if kind is dict:
+        for key, value in datum.items():
+            if key in exempt_keys:
+                continue
+            if type(key) is not str or _holds_number(key):
+                return True
+            if _may_hold_value(value):
+                return True
+        return False
+    return _may_hold_value(datum)
+
+
+def _may_hold_value(value: Any) -> bool:
+    kind = type(value)
+    if kind is str:
+        return _holds_number(value)
+    if kind is int:
+        return _int_hit(value) is not None
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or _holds_number(key):
+                return True
+            if _may_hold_value(item):
+                return True
+        return False
+    if kind is list or kind is tuple:
+        return any(_may_hold_value(item) for item in value)
+    # bytes, subclasses, anything else: True, and the full scan looks
+    return not (kind in _PLAIN_LEAVES or isinstance(value, datetime | date))
+
+
+def _holds_number(text: str) -> bool:
+    return next(_candidates(text), None) is not None
 
 
 def scan_record(

@@ -16,6 +16,7 @@ from eshram_locator.domain.aadhaar import (
     mask,
     mask_record,
     mask_text,
+    may_hold_aadhaar,
     scan_record,
     verhoeff_check_digit,
     verhoeff_valid,
@@ -296,3 +297,45 @@ def test_mask_leaves_no_valid_run(text: str) -> None:
     assert scan_record(masked) == []
     for _path, number in scan_record(datum):
         assert number not in repr(masked)
+
+
+# The hot path's pre-check: False must mean the full scan finds nothing.
+_digits_text = st.text(alphabet="0123456789 -٣४X", min_size=0, max_size=30)
+_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=0, max_value=2_000_000_000_000),
+    _digits_text,
+    st.binary(max_size=20),
+    st.sampled_from([VALID, f"id {OTHER}", "2341 2341 2346", int(VALID)]),
+)
+_records = st.recursive(
+    _leaves,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(
+            st.one_of(_digits_text, st.sampled_from(["uan", "name"])), inner, max_size=4
+        ),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_records)
+def test_the_pre_check_never_clears_a_record_the_scan_would_flag(datum: Any) -> None:
+    if not may_hold_aadhaar(datum):
+        assert scan_record(datum) == []
+
+
+def test_the_pre_check_clears_an_ordinary_collection() -> None:
+    assert not may_hold_aadhaar(
+        {
+            "transaction_id": "UP-PDS-202504-cedc615ef2",
+            "ration_card_id": "UP63935348729",
+            "fps_location": {"state_lgd": 9, "district_lgd": 919, "pincode": "201904"},
+            "items": [{"commodity": "wheat", "quantity_grams": 30000}],
+            "uan": VALID,
+        }
+    )
+    assert may_hold_aadhaar({"note": f"card {VALID}"})
