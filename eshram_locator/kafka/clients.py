@@ -35,8 +35,12 @@ def batch_consumer(bootstrap: str, group_id: str, **overrides: Any) -> Consumer:
         "enable.partition.eof": False,
         "fetch.min.bytes": 1,
         "fetch.wait.max.ms": 100,
-        "max.partition.fetch.bytes": 4_194_304,
-        "queued.min.messages": 200_000,
+        # Prefetch bounded per partition: the locator is slower than the fetcher, so whatever
+        # the limits allow is held in memory (bench: 4 MB fetches and 200,000 queued messages
+        # reached 650 MB of RSS; these keep it near 100 MB at the same throughput).
+        "max.partition.fetch.bytes": 1_048_576,
+        "queued.min.messages": 20_000,
+        "queued.max.messages.kbytes": 8_192,
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 1_000,
     }
