@@ -11,6 +11,7 @@ offset gives the same answer as the tz database without depending on one being i
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 
 IST = timezone(timedelta(hours=5, minutes=30), "IST")
@@ -18,12 +19,14 @@ IST = timezone(timedelta(hours=5, minutes=30), "IST")
 _MONTH = re.compile(r"(\d{4})-(0[1-9]|1[0-2])", re.ASCII)
 
 
+@lru_cache(maxsize=4096)
 def is_month(text: str) -> bool:
     """True when ``text`` is a well-formed ``YYYY-MM`` month (year 0001..9999)."""
     match = _MONTH.fullmatch(text)
     return match is not None and int(match.group(1)) >= 1
 
 
+@lru_cache(maxsize=4096)  # the rules ask about the same few months again and again
 def month_index(month: str) -> int:
     """Months since year 0: ``month_index(b) - month_index(a)`` is the distance from a to b.
 
