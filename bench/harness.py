@@ -72,11 +72,10 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / "bench"
 TOPIC_PREFIX = "bench."
 DATABASE_PREFIX = "bench_"
-#: The locator's tables (migrations/0001_locator.sql); their size is the state per worker.
+#: The locator's tables (postgres/migrations); their size is the state per worker.
 LOCATOR_TABLES = (
     "members",
     "workers",
-    "observations",
     "location_changes",
     "outbox",
     "consumer_offsets",
@@ -596,7 +595,9 @@ class Footprint:
 def postgres_footprint(dsn: str) -> Footprint:
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT (SELECT count(*) FROM workers), (SELECT count(*) FROM observations),"
+            "SELECT (SELECT count(*) FROM workers),"
+            " (SELECT coalesce(sum(jsonb_array_length("
+            "   convert_from(history, 'UTF8')::jsonb -> 's')), 0) FROM members),"
             " (SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0)"
             "  FROM unnest(%s::text[]) AS t), pg_database_size(current_database())",
             (list(LOCATOR_TABLES),),

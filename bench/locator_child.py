@@ -60,16 +60,17 @@ FINE_TIMERS: tuple[tuple[Any, str, str], ...] = (
     (locator_module, "read_collection", "decode_validate"),
     (locator_module, "read_registration", "decode_validate"),
     (LocatorStore, "lock_members", "sql_lock_members"),
-    (LocatorStore, "insert_observations", "sql_insert_observations"),
+    (LocatorStore, "save_histories", "sql_save_histories"),
     (LocatorStore, "workers", "sql_workers"),
-    (LocatorStore, "observations", "sql_observations"),
-    (LocatorStore, "active_changes", "sql_active_changes"),
+    (LocatorStore, "changes", "sql_changes"),
     (LocatorStore, "record_changes", "sql_record_changes"),
     (LocatorStore, "save_workers", "sql_save_workers"),
+    (LocatorStore, "update_derived", "sql_update_derived"),
     (LocatorStore, "enqueue", "sql_enqueue_outbox"),
     (LocatorStore, "save_offsets", "sql_save_offsets"),
-    (locating, "derive_timeline", "rules_derive_timeline"),
-    (locating, "reconcile", "rules_reconcile"),
+    (locating.Locator, "_add_collections", "rules_add_collections"),
+    (locating, "derive_from_history", "rules_derive_timeline"),
+    (locating, "reconcile_published", "rules_reconcile"),
 )
 
 

@@ -13,9 +13,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from eshram_locator.avro_codec import AvroCodec
+from eshram_locator.domain.history import epoch_us
 from eshram_locator.domain.model import (
     ChangeType,
+    Location,
     LocationChanged,
     RationCollection,
     WorkerRegistration,
@@ -24,13 +28,22 @@ from eshram_locator.domain.months import month_start
 from eshram_locator.domain.rules import (
     Baseline,
     RuleParams,
+    Timeline,
     WorkerProfile,
     address_update_request,
-    derive_timeline,
+    derive_from_history,
     next_baselines,
-    reconcile,
+    reconcile_published,
+    stale_event_ids,
 )
-from eshram_locator.postgres.store import LocatorStore, OutboxRow, StoredChange, StoredWorker
+from eshram_locator.postgres.store import (
+    LocatorStore,
+    MemberRow,
+    OutboxRow,
+    StoredChange,
+    StoredWorker,
+    observation_key,
+)
 from eshram_locator.records import (
     address_update_requested_to_avro,
     location_changed_from_avro,
@@ -82,22 +95,57 @@ class Locator:
         now: datetime,
     ) -> tuple[BatchOutcome, list[OutboxRow]]:
         outcome = BatchOutcome()
-        registry_uans = {update.uan for update in registry}
-        known = store.workers(registry_uans, lock=False)
-        member_refs = {collection.member_ref for collection in collections}
-        member_refs.update(worker.member_ref for worker in known.values())
-        member_refs.update(u.registration.member_ref for u in registry if u.registration)
-        members = store.lock_members(member_refs)
+        registry_refs: set[str] = set()
+        if registry:
+            known = store.workers({update.uan for update in registry}, lock=False)
+            registry_refs.update(worker.member_ref for worker in known.values())
+            registry_refs.update(u.registration.member_ref for u in registry if u.registration)
+        members = store.lock_members({c.member_ref for c in collections} | registry_refs)
 
         affected = self._apply_registry(store, registry, outcome)
+        if registry_refs:  # their uan and worker rows may have changed: read them again
+            members.update(store.members(sorted(registry_refs)))
 
-        new_refs = store.insert_observations(collections)
-        outcome.new_observations = len(new_refs)
-        for ref in new_refs:
-            uan = members.get(ref)
-            if uan is not None:
-                affected.add(uan)
-        return outcome, self._recompute(store, affected, now, outcome)
+        changed = self._add_collections(members, collections, outcome)
+        store.save_histories([(ref, members[ref].history) for ref in sorted(changed)])
+        targets = [
+            row
+            for ref, row in sorted(members.items())
+            if row.worker is not None and (ref in changed or row.worker.uan in affected)
+        ]
+        return outcome, self._recompute(store, targets, now, outcome)
+
+    # --- rule 8: the member histories --------------------------------------------------------
+
+    @staticmethod
+    def _add_collections(
+        members: dict[str, MemberRow],
+        collections: Sequence[RationCollection],
+        outcome: BatchOutcome,
+    ) -> set[str]:
+        """Count each collection not seen before in its member's history; returns the members
+        whose history changed. Within a batch, a transaction id seen twice keeps the smallest
+        content (as ``derive_timeline`` does), never the first to arrive."""
+        changed: set[str] = set()
+        for collection in sorted(collections, key=_collection_order):
+            row = members[collection.member_ref]
+            if (
+                row.uan is None
+                and row.deregistered_at is not None
+                and collection.transacted_at <= row.deregistered_at
+            ):
+                continue  # the deleted worker's history (rule 11), arriving late
+            if row.history.add(
+                observation_key(collection.source, collection.transaction_id),
+                collection.allocation_month,
+                epoch_us(collection.transacted_at),
+                collection.auth_mode.is_biometric,
+                collection.fps_id,
+                collection.fps_location,
+            ):
+                outcome.new_observations += 1
+                changed.add(collection.member_ref)
+        return changed
 
     # --- rule 11: the registry ---------------------------------------------------------------
 
@@ -140,10 +188,12 @@ class Locator:
                 registration=self._codec.encode(
                     WORKER_REGISTRATION, worker_registration_to_avro(new)
                 ),
+                profile=profile_json(new.permanent_address, new.present_address, new.sms_reachable),
                 baselines=baselines_to_json(baselines),
                 current_state_lgd=old.current_state_lgd if old else baseline.state_lgd,
                 current_district_lgd=old.current_district_lgd if old else baseline.district_lgd,
                 last_address_request_at=old.last_address_request_at if old else None,
+                active_event_ids=old.active_event_ids if old else [],
             )
             outcome.registrations += 1
             if (
@@ -161,28 +211,42 @@ class Locator:
     # --- rules 1-9, 12: recompute the affected workers ----------------------------------------
 
     def _recompute(
-        self, store: LocatorStore, uans: set[str], now: datetime, outcome: BatchOutcome
+        self,
+        store: LocatorStore,
+        targets: Sequence[MemberRow],
+        now: datetime,
+        outcome: BatchOutcome,
     ) -> list[OutboxRow]:
-        if not uans:
+        if not targets:
             return []
-        workers = store.workers(uans, lock=True)
-        observations = store.observations(worker.member_ref for worker in workers.values())
-        emitted = store.active_changes(workers)
+        derived: list[tuple[StoredWorker, WorkerProfile, Timeline, list[str]]] = []
+        stale_ids: list[str] = []
+        for row in targets:
+            worker = row.worker
+            assert worker is not None  # targets are registered members
+            profile = self._profile(worker)
+            timeline = derive_from_history(profile, row.history, self._params)
+            stale = stale_event_ids(timeline, worker.active_event_ids)
+            stale_ids.extend(stale)
+            derived.append((worker, profile, timeline, stale))
+            outcome.recomputed_workers += 1
+        stored_stale = {
+            change.event_id: self._change(change) for change in store.changes(stale_ids)
+        }
+
         outbox: list[OutboxRow] = []
         new_changes: list[StoredChange] = []
         retracted: list[str] = []
         updated: list[StoredWorker] = []
-        for uan in sorted(workers):
-            worker = workers[uan]
-            registration = self._registration(worker)
-            profile = WorkerProfile.from_registration(
-                registration, baselines_from_json(worker.baselines)
+        for worker, profile, timeline, stale in derived:
+            uan = worker.uan
+            events = reconcile_published(
+                profile,
+                timeline,
+                frozenset(worker.active_event_ids),
+                [stored_stale[event_id] for event_id in stale],
+                now,
             )
-            own = observations.get(worker.member_ref, [])
-            timeline = derive_timeline(profile, own, self._params)
-            previous = [self._change(stored) for stored in emitted.get(uan, [])]
-            events = reconcile(profile, timeline, previous, now)
-            outcome.recomputed_workers += 1
             for event in events:
                 body = self._codec.encode(LOCATION_CHANGED, location_changed_to_avro(event))
                 outbox.append(OutboxRow(self._names.location_changes, uan.encode(), body))
@@ -220,25 +284,95 @@ class Locator:
                     last_requested_at = as_of
                     outcome.address_requests += 1
             current = timeline.current_location
-            updated.append(
-                replace(
-                    worker,
-                    current_state_lgd=current.state_lgd,
-                    current_district_lgd=current.district_lgd,
-                    last_address_request_at=last_requested_at,
-                )
+            after = replace(
+                worker,
+                current_state_lgd=current.state_lgd,
+                current_district_lgd=current.district_lgd,
+                last_address_request_at=last_requested_at,
+                active_event_ids=[change.event_id for change in timeline.changes],
+                profile=worker.profile
+                or profile_json(
+                    profile.permanent_address, profile.present_address, profile.sms_reachable
+                ),
             )
+            if after != worker:  # update-only: most collections change nothing derived
+                updated.append(after)
         store.record_changes(new_changes, retracted)
-        store.save_workers(updated)
+        store.update_derived(updated)
         return outbox
 
+    def _profile(self, worker: StoredWorker) -> WorkerProfile:
+        baselines = baselines_from_json(worker.baselines)
+        if worker.profile is None:  # a row from before migration 0002
+            return WorkerProfile.from_registration(self._registration(worker), baselines)
+        stored = orjson.loads(worker.profile)
+        present = stored["r"]
+        return WorkerProfile(
+            uan=worker.uan,
+            permanent_address=_location(stored["p"]),
+            present_address=None if present is None else _location(present),
+            sms_reachable=stored["s"],
+            baselines=baselines,
+        )
+
     def _registration(self, worker: StoredWorker) -> WorkerRegistration:
+        if worker.registration is None:
+            raise ValueError(f"worker {worker.uan}: registration not read")
         _, datum = self._codec.decode(worker.registration, WORKER_REGISTRATION)
         return worker_registration_from_avro(datum)
 
     def _change(self, stored: StoredChange) -> LocationChanged:
         _, datum = self._codec.decode(stored.body, LOCATION_CHANGED)
         return location_changed_from_avro(datum)
+
+
+def profile_json(permanent: Location, present: Location | None, sms_reachable: bool) -> bytes:
+    """What the rules need of a registration, for ``workers.profile`` (migration 0002)."""
+    return orjson.dumps(
+        {
+            "p": _location_json(permanent),
+            "r": None if present is None else _location_json(present),
+            "s": sms_reachable,
+        }
+    )
+
+
+def _location_json(location: Location) -> list[Any]:
+    return [
+        location.state_lgd,
+        location.district_lgd,
+        location.subdistrict_lgd,
+        location.village_town_lgd,
+        location.pincode,
+    ]
+
+
+def _location(stored: list[Any]) -> Location:
+    return Location(*stored)
+
+
+def _collection_order(collection: RationCollection) -> tuple[Any, ...]:
+    return (
+        collection.member_ref,
+        collection.source,
+        collection.transaction_id,
+        *_content(collection),
+    )
+
+
+def _content(collection: RationCollection) -> tuple[Any, ...]:
+    where = collection.fps_location
+    return (
+        collection.transacted_at,
+        collection.allocation_month,
+        collection.auth_mode.value,
+        collection.fps_id,
+        where.state_lgd,
+        where.district_lgd,
+        -1 if where.subdistrict_lgd is None else where.subdistrict_lgd,
+        -1 if where.village_town_lgd is None else where.village_town_lgd,
+        "" if where.pincode is None else where.pincode,
+    )
 
 
 def baselines_to_json(baselines: tuple[Baseline, ...]) -> list[list[Any]]:

@@ -88,11 +88,11 @@ How each rule is read here (numbers as in rules.md):
 from __future__ import annotations
 
 import uuid
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from eshram_locator.domain.history import MemberHistory, epoch_us
 from eshram_locator.domain.model import (
     RULE_VERSION,
     AddressUpdateRequested,
@@ -332,30 +332,6 @@ def _dedupe(observations: Iterable[Observation]) -> list[Observation]:
     return list(by_id.values())
 
 
-def _monthly_district(presence: Sequence[Observation]) -> District:
-    """Rule 3: district of the latest presence transaction; ties by count, then smallest."""
-    latest = max(observation.transacted_at for observation in presence)
-    tied = {o.fps_location.district for o in presence if o.transacted_at == latest}
-    if len(tied) == 1:
-        return next(iter(tied))
-    counts = Counter(observation.fps_location.district for observation in presence)
-    return min(tied, key=lambda district: (-counts[district], district))
-
-
-def _reported_location(
-    district: District, confirming: Sequence[str], presence: dict[str, list[Observation]]
-) -> Location:
-    """Rule 3: the shop location of the latest presence in ``district`` in the confirming months."""
-    candidates = [
-        observation
-        for month in confirming
-        for observation in presence[month]
-        if observation.fps_location.district == district
-    ]
-    latest = max(candidates, key=lambda o: (o.transacted_at, o.transaction_id))
-    return latest.fps_location
-
-
 def _confidence(
     district: District, confirming_month: str, monthly: dict[str, District], window: int
 ) -> float:
@@ -365,55 +341,72 @@ def _confidence(
     return round(sum(1 for d in in_window if d == district) / len(in_window), 4)
 
 
+def history_of(observations: Iterable[Observation]) -> MemberHistory:
+    """Rule 8 then the month summaries: each transaction_id counted once (the smallest content)."""
+    history = MemberHistory()
+    for observation in _dedupe(observations):
+        history.add(
+            observation.transaction_id,
+            observation.allocation_month,
+            epoch_us(observation.transacted_at),
+            observation.is_presence,
+            observation.fps_id,
+            observation.fps_location,
+        )
+    return history
+
+
 def derive_timeline(
     profile: WorkerProfile, observations: Iterable[Observation], params: RuleParams
 ) -> Timeline:
     """Rules 1-6, 8, 11, 12: the worker's timeline from the *set* of their observations."""
-    counted = _dedupe(observations)
-    all_by_month: dict[str, list[Observation]] = {}
-    presence_by_month: dict[str, list[Observation]] = {}
-    for observation in counted:
-        all_by_month.setdefault(observation.allocation_month, []).append(observation)
-        if observation.is_presence:  # rule 1
-            presence_by_month.setdefault(observation.allocation_month, []).append(observation)
+    return derive_from_history(profile, history_of(observations), params)
 
-    monthly = {  # rule 3, observed months in order
-        month: _monthly_district(presence_by_month[month]) for month in sorted(presence_by_month)
-    }
 
-    history = profile.baseline_history
-    current = history[0][1]  # rule 4
-    rebaselines = list(history[1:])  # rule 11, in month order
+def derive_from_history(
+    profile: WorkerProfile, history: MemberHistory, params: RuleParams
+) -> Timeline:
+    """Rules 1-6, 11, 12 on the month summaries of the worker's observations."""
+    monthly = dict(history.observed_months())  # rule 3, observed months in order
+
+    history_of_baselines = profile.baseline_history
+    current = history_of_baselines[0][1]  # rule 4
+    rebaselines = list(history_of_baselines[1:])  # rule 11, in month order
     permanent = profile.permanent_address
     changes: list[DerivedChange] = []
     streak: list[str] = []
     streak_district: District | None = None
-    previous_month: str | None = None
+    previous_index = 0
+    confirm = params.confirm_months
     for month, district in monthly.items():  # rule 5
         while rebaselines and str(rebaselines[0][0]) <= month:
             current = rebaselines.pop(0)[1]
             streak, streak_district = [], None
-        gap = 0 if previous_month is None else month_index(month) - month_index(previous_month) - 1
-        if streak and district == streak_district and gap <= params.max_gap_months:
+        index = month_index(month)
+        if (
+            streak
+            and district == streak_district
+            and index - previous_index - 1 <= (params.max_gap_months)
+        ):
             streak.append(month)
         else:
             streak, streak_district = [month], district
-        previous_month = month
-        if len(streak) != params.confirm_months or district == current.district:
+        previous_index = index
+        if len(streak) != confirm or district == current.district:
             continue
 
         confirming = tuple(streak)
-        location = _reported_location(district, confirming, presence_by_month)
+        location = history.latest_location(district, confirming)
         change_type = (  # rule 6
             ChangeType.RETURNED_HOME if district == permanent.district else ChangeType.MOVED
         )
-        transactions = [o for m in confirming for o in all_by_month[m]]
+        transactions, fps_ids = history.transactions_in(confirming)
         evidence = Evidence(
             months_observed=len(confirming),
-            transactions=len(transactions),
+            transactions=transactions,
             first_month=confirming[0],
             last_month=confirming[-1],
-            fps_ids=tuple(sorted({o.fps_id for o in transactions})),
+            fps_ids=fps_ids,
         )
         change = DerivedChange(
             event_id=location_event_id(profile.uan, confirming[0], district, change_type),
@@ -518,14 +511,32 @@ def reconcile(
         if record.change_type is ChangeType.RETRACTED:
             raise ValueError(f"emitted holds a RETRACTED record: {record.event_id}")
         published[record.event_id] = record
-
     stale = [record for record in published.values() if record.event_id not in derived_ids]
-    stale.sort(key=lambda record: (record.effective_month, record.event_id), reverse=True)
-    events = [retraction(record, detected_at) for record in stale]
+    return reconcile_published(profile, timeline, published.keys(), stale, detected_at)
+
+
+def stale_event_ids(timeline: Timeline, published_ids: Iterable[str]) -> list[str]:
+    """Rule 7: the published changes (by id) that the timeline no longer holds."""
+    derived_ids = {change.event_id for change in timeline.changes}
+    return [event_id for event_id in published_ids if event_id not in derived_ids]
+
+
+def reconcile_published(
+    profile: WorkerProfile,
+    timeline: Timeline,
+    published_ids: Collection[str],
+    stale: Sequence[LocationChanged],
+    detected_at: datetime,
+) -> list[LocationChanged]:
+    """``reconcile`` when only the ids of the published changes are at hand, and the records
+    of those that no longer hold (``stale``, from ``stale_event_ids``) have been looked up."""
+    _require_aware("detected_at", detected_at)
+    ordered = sorted(stale, key=lambda record: (record.effective_month, record.event_id))
+    events = [retraction(record, detected_at) for record in reversed(ordered)]
     events.extend(
         location_changed(profile, change, detected_at)
         for change in timeline.changes
-        if change.event_id not in published
+        if change.event_id not in published_ids
     )
     return events
 

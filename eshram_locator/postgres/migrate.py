@@ -41,8 +41,9 @@ def available_migrations() -> list[Migration]:
     return found
 
 
-def apply_migrations(conninfo: str) -> list[int]:
-    """Apply every pending migration; returns the versions applied now."""
+def apply_migrations(conninfo: str, up_to: int | None = None) -> list[int]:
+    """Apply every pending migration (up to version ``up_to``, if given: tests of a migration
+    start from the schema before it); returns the versions applied now."""
     applied_now: list[int] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
@@ -54,7 +55,7 @@ def apply_migrations(conninfo: str) -> list[int]:
             )
             done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
             for migration in available_migrations():
-                if migration.version in done:
+                if migration.version in done or (up_to is not None and migration.version > up_to):
                     continue
                 with conn.transaction():
                     conn.execute(migration.sql.encode())

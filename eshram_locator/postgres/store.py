@@ -8,31 +8,45 @@ which a batch's state, its outgoing events (the outbox) and the consumer offsets
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 import psycopg
-from psycopg import sql
 from psycopg.rows import TupleRow, class_row
 from psycopg.types.json import Jsonb
 
-from eshram_locator.domain.model import AuthMode, Location, RationCollection
-from eshram_locator.domain.rules import Observation
+from eshram_locator.domain.history import MemberHistory
 
 
 @dataclass(frozen=True, slots=True)
 class StoredWorker:
     uan: str
     member_ref: str
-    registration: bytes
+    #: The WorkerRegistration (Avro). Read only when ``profile`` is None (rows written before
+    #: migration 0002); written with every registration.
+    registration: bytes | None
+    #: What the rules need of the registration, as JSON text (see ``locating.profile_json``).
+    profile: bytes | None
     baselines: list[list[Any]]  # rule 11 history, as JSON: [[month or null, location], ...]
     current_state_lgd: int
     current_district_lgd: int
     last_address_request_at: datetime | None
+    active_event_ids: list[str]
+
+
+@dataclass(slots=True)
+class MemberRow:
+    """A member, locked for the batch: their history and, when registered, their worker row."""
+
+    member_ref: str
+    uan: str | None
+    deregistered_at: datetime | None
+    history: MemberHistory
+    worker: StoredWorker | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,20 +74,19 @@ class PendingOutbox:
     row: OutboxRow
 
 
-_OBSERVATION_COLUMNS = (
-    "source",
-    "transaction_id",
-    "member_ref",
-    "allocation_month",
-    "transacted_at",
-    "auth_mode",
-    "fps_id",
-    "state_lgd",
-    "district_lgd",
-    "subdistrict_lgd",
-    "village_town_lgd",
-    "pincode",
+_WORKER_COLUMNS = (
+    "w.uan, w.member_ref, {registration}, w.profile, w.baselines, w.current_state_lgd,"
+    " w.current_district_lgd, w.last_address_request_at, w.active_event_ids"
 )
+#: The hot path reads the Avro registration only for rows without a profile (before 0002).
+_HOT_WORKER_COLUMNS = _WORKER_COLUMNS.format(
+    registration="CASE WHEN w.profile IS NULL THEN w.registration END"
+)
+_FULL_WORKER_COLUMNS = _WORKER_COLUMNS.format(registration="w.registration")
+
+
+def _dumps_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def observation_key(source: str, transaction_id: str) -> str:
@@ -86,7 +99,7 @@ class LocatorStore:
 
     def __init__(self, conn: psycopg.Connection[TupleRow]) -> None:
         self._conn = conn
-        self._staging_ready = False
+        psycopg.types.json.set_json_loads(orjson.loads, conn)
 
     @classmethod
     def connect(cls, conninfo: str) -> LocatorStore:
@@ -111,19 +124,56 @@ class LocatorStore:
 
     # --- members and workers -----------------------------------------------------------------
 
-    def lock_members(self, member_refs: Iterable[str]) -> dict[str, str | None]:
-        """Insert unseen members and lock every given row, in sorted order (no deadlocks);
-        returns member_ref -> uan (None: not a registered worker)."""
+    def lock_members(self, member_refs: Iterable[str]) -> dict[str, MemberRow]:
+        """Insert unseen members, lock every given row in sorted order (no deadlocks between
+        processes), and return each with its history and, when registered, its worker row."""
         refs = sorted(set(member_refs))
         if not refs:
             return {}
-        rows = self._conn.execute(
-            "INSERT INTO members (member_ref) SELECT unnest(%s::text[]) "
-            "ON CONFLICT (member_ref) DO UPDATE SET member_ref = EXCLUDED.member_ref "
-            "RETURNING member_ref, uan",
+        self._conn.execute(
+            "INSERT INTO members (member_ref) SELECT unnest(%b::text[]) ON CONFLICT DO NOTHING",
             (refs,),
-        ).fetchall()
-        return {str(ref): (str(uan) if uan is not None else None) for ref, uan in rows}
+        )
+        return self.members(refs, lock=True)
+
+    def members(self, member_refs: Sequence[str], *, lock: bool = False) -> dict[str, MemberRow]:
+        """The given members (sorted, optionally locked), each with its worker row if any."""
+        query = (
+            "SELECT m.member_ref, m.uan, m.deregistered_at, m.history, "
+            + _HOT_WORKER_COLUMNS
+            + " FROM members m LEFT JOIN workers w ON w.uan = m.uan"
+            " WHERE m.member_ref = ANY(%b) ORDER BY m.member_ref"
+        )
+        if lock:
+            query += " FOR UPDATE OF m"
+        found: dict[str, MemberRow] = {}
+        loads = orjson.loads
+        for ref, uan, deregistered_at, history, *worker in self._conn.execute(
+            query.encode(), (list(member_refs),), binary=True
+        ):
+            found[ref] = MemberRow(
+                ref,
+                uan,
+                deregistered_at,
+                MemberHistory.from_json(loads(history)) if history else MemberHistory(),
+                StoredWorker(*worker) if worker[0] is not None else None,
+            )
+        return found
+
+    def save_histories(self, histories: Sequence[tuple[str, MemberHistory]]) -> None:
+        """(member_ref, history) of members whose history changed; the rows exist and are locked."""
+        if not histories:
+            return
+        dumps = orjson.dumps
+        self._conn.execute(
+            "UPDATE members AS m SET history = u.history"
+            " FROM unnest(%b::text[], %b::bytea[]) AS u(member_ref, history)"
+            " WHERE m.member_ref = u.member_ref",
+            (
+                [ref for ref, _ in histories],
+                [dumps(history.to_json()) for _, history in histories],
+            ),
+        )
 
     def set_member_uans(self, assignments: Sequence[tuple[str, str | None]]) -> None:
         """(member_ref, uan or None) for members whose registration changed in this batch."""
@@ -140,44 +190,68 @@ class LocatorStore:
         keys = sorted(set(uans))
         if not keys:
             return {}
-        query = (
-            "SELECT uan, member_ref, registration, baselines, current_state_lgd,"
-            " current_district_lgd, last_address_request_at FROM workers"
-            " WHERE uan = ANY(%s) ORDER BY uan"
-        )
+        query = f"SELECT {_FULL_WORKER_COLUMNS} FROM workers w WHERE w.uan = ANY(%b) ORDER BY w.uan"
         if lock:
             query += " FOR UPDATE"
-        with self._conn.cursor(row_factory=class_row(StoredWorker)) as cursor:
-            return {worker.uan: worker for worker in cursor.execute(query.encode(), (keys,))}
+        rows = self._conn.execute(query.encode(), (keys,), binary=True)
+        return {row[0]: StoredWorker(*row) for row in rows}
 
     def save_workers(self, workers: Sequence[StoredWorker]) -> None:
+        """Registrations: insert or replace each worker row."""
         if not workers:
             return
         with self._conn.cursor() as cursor:
             cursor.executemany(
-                "INSERT INTO workers (uan, member_ref, registration, baselines,"
-                " current_state_lgd, current_district_lgd, last_address_request_at, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, now())"
+                "INSERT INTO workers (uan, member_ref, registration, profile, baselines,"
+                " current_state_lgd, current_district_lgd, last_address_request_at,"
+                " active_event_ids, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now())"
                 " ON CONFLICT (uan) DO UPDATE SET member_ref = EXCLUDED.member_ref,"
                 " registration = EXCLUDED.registration,"
+                " profile = EXCLUDED.profile,"
                 " baselines = EXCLUDED.baselines,"
                 " current_state_lgd = EXCLUDED.current_state_lgd,"
                 " current_district_lgd = EXCLUDED.current_district_lgd,"
                 " last_address_request_at = EXCLUDED.last_address_request_at,"
+                " active_event_ids = EXCLUDED.active_event_ids,"
                 " updated_at = now()",
                 [
                     (
                         worker.uan,
                         worker.member_ref,
                         worker.registration,
-                        Jsonb(worker.baselines),
+                        worker.profile,
+                        Jsonb(worker.baselines, dumps=_dumps_text),
                         worker.current_state_lgd,
                         worker.current_district_lgd,
                         worker.last_address_request_at,
+                        worker.active_event_ids,
                     )
                     for worker in workers
                 ],
             )
+
+    def update_derived(self, workers: Sequence[StoredWorker]) -> None:
+        """Recomputed workers whose derived state changed: one UPDATE for all of them."""
+        if not workers:
+            return
+        self._conn.execute(
+            "UPDATE workers AS w SET current_state_lgd = u.state,"
+            " current_district_lgd = u.district, last_address_request_at = u.requested,"
+            " active_event_ids = string_to_array(u.active, ' '),"
+            " profile = coalesce(u.profile, w.profile), updated_at = now()"
+            " FROM unnest(%s::text[], %s::smallint[], %s::int[], %s::timestamptz[], %s::text[],"
+            " %s::bytea[]) AS u(uan, state, district, requested, active, profile)"
+            " WHERE w.uan = u.uan",
+            (
+                [w.uan for w in workers],
+                [w.current_state_lgd for w in workers],
+                [w.current_district_lgd for w in workers],
+                [w.last_address_request_at for w in workers],
+                [" ".join(w.active_event_ids) for w in workers],
+                [w.profile for w in workers],
+            ),
+        )
 
     def delete_workers(self, deletions: Sequence[tuple[str, str, datetime]]) -> None:
         """Rule 11 tombstones: (uan, member_ref, tombstone time) -> the worker's state and whole
@@ -187,133 +261,35 @@ class LocatorStore:
         uans = [uan for uan, _, _ in deletions]
         refs = [ref for _, ref, _ in deletions]
         self._conn.execute("DELETE FROM location_changes WHERE uan = ANY(%s)", (uans,))
-        self._conn.execute("DELETE FROM observations WHERE member_ref = ANY(%s)", (refs,))
         self._conn.execute("DELETE FROM workers WHERE uan = ANY(%s)", (uans,))
         self._conn.execute(
-            "UPDATE members AS m SET uan = NULL,"
+            "UPDATE members AS m SET uan = NULL, history = NULL,"
             " deregistered_at = GREATEST(m.deregistered_at, d.at)"
             " FROM unnest(%s::text[], %s::timestamptz[]) AS d(member_ref, at)"
             " WHERE m.member_ref = d.member_ref",
             (refs, [at for _, _, at in deletions]),
         )
 
-    # --- observations ------------------------------------------------------------------------
-
-    def insert_observations(self, collections: Sequence[RationCollection]) -> set[str]:
-        """COPY into a staging table, then one INSERT ... ON CONFLICT DO NOTHING.
-
-        Returns the member_refs that gained at least one new observation (rule 8: a
-        transaction seen before changes nothing)."""
-        if not collections:
-            return set()
-        if not self._staging_ready:
-            self._conn.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS staging_observations"
-                " (LIKE observations INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            )
-            self._staging_ready = True
-        columns = sql.SQL(", ").join(sql.Identifier(name) for name in _OBSERVATION_COLUMNS)
-        copy = sql.SQL("COPY staging_observations ({}) FROM STDIN").format(columns)
-        with self._conn.cursor() as cursor:
-            with cursor.copy(copy) as writer:
-                for collection in collections:
-                    where = collection.fps_location
-                    writer.write_row(
-                        (
-                            collection.source,
-                            collection.transaction_id,
-                            collection.member_ref,
-                            collection.allocation_month,
-                            collection.transacted_at,
-                            collection.auth_mode.value,
-                            collection.fps_id,
-                            where.state_lgd,
-                            where.district_lgd,
-                            where.subdistrict_lgd,
-                            where.village_town_lgd,
-                            where.pincode,
-                        )
-                    )
-            inserted = sql.SQL(
-                "INSERT INTO observations ({cols}) SELECT DISTINCT ON (source, transaction_id)"
-                " {cols} FROM staging_observations s WHERE NOT EXISTS (SELECT 1 FROM members m"
-                "  WHERE m.member_ref = s.member_ref AND m.uan IS NULL"
-                "  AND m.deregistered_at >= s.transacted_at)"
-                " ORDER BY source, transaction_id"
-                " ON CONFLICT (source, transaction_id) DO NOTHING RETURNING member_ref"
-            ).format(cols=columns)
-            refs = {str(row[0]) for row in cursor.execute(inserted).fetchall()}
-            cursor.execute("TRUNCATE staging_observations")
-        return refs
-
-    def observations(self, member_refs: Iterable[str]) -> dict[str, list[Observation]]:
-        refs = sorted(set(member_refs))
-        found: dict[str, list[Observation]] = defaultdict(list)
-        if not refs:
-            return found
-        rows = self._conn.execute(
-            "SELECT member_ref, source, transaction_id, allocation_month, transacted_at,"
-            " auth_mode, fps_id, state_lgd, district_lgd, subdistrict_lgd, village_town_lgd,"
-            " pincode FROM observations WHERE member_ref = ANY(%s)",
-            (refs,),
-        ).fetchall()
-        locations: dict[tuple[object, ...], Location] = {}
-        for ref, source, transaction_id, month, at, auth, fps_id, *place in rows:
-            place_key = tuple(place)
-            location = locations.get(place_key)
-            if location is None:
-                state, district, subdistrict, village, pincode = place
-                location = Location(
-                    int(state),
-                    int(district),
-                    int(subdistrict) if subdistrict is not None else None,
-                    int(village) if village is not None else None,
-                    str(pincode) if pincode is not None else None,
-                )
-                locations[place_key] = location
-            found[str(ref)].append(
-                Observation(
-                    transaction_id=observation_key(str(source), str(transaction_id)),
-                    allocation_month=str(month),
-                    transacted_at=at,
-                    auth_mode=AuthMode(auth),
-                    fps_id=str(fps_id),
-                    fps_location=location,
-                )
-            )
-        return found
-
     def purge_unregistered(self, older_than: datetime) -> int:
-        """Grace window: collections of members who never registered are not kept."""
+        """Grace window: members still unregistered since before ``older_than`` are forgotten
+        with their collections (a later collection starts them afresh). Returns how many."""
         cursor = self._conn.execute(
-            "DELETE FROM observations o USING members m WHERE o.member_ref = m.member_ref"
-            " AND m.uan IS NULL AND o.received_at < %s",
-            (older_than,),
+            "DELETE FROM members WHERE uan IS NULL AND first_seen_at < %s", (older_than,)
         )
-        purged = cursor.rowcount
-        self._conn.execute(
-            "DELETE FROM members m WHERE m.uan IS NULL AND m.first_seen_at < %s"
-            " AND NOT EXISTS (SELECT 1 FROM observations o WHERE o.member_ref = m.member_ref)",
-            (older_than,),
-        )
-        return purged
+        return cursor.rowcount
 
     # --- location changes --------------------------------------------------------------------
 
-    def active_changes(self, uans: Iterable[str]) -> dict[str, list[StoredChange]]:
-        keys = sorted(set(uans))
-        found: dict[str, list[StoredChange]] = defaultdict(list)
+    def changes(self, event_ids: Iterable[str]) -> list[StoredChange]:
+        keys = sorted(set(event_ids))
         if not keys:
-            return found
+            return []
         query = (
             "SELECT event_id::text AS event_id, uan, change_type, effective_month, active,"
-            " detected_at, body FROM location_changes WHERE uan = ANY(%s) AND active"
-            " ORDER BY effective_month"
+            " detected_at, body FROM location_changes WHERE event_id = ANY(%s::uuid[])"
         )
         with self._conn.cursor(row_factory=class_row(StoredChange)) as cursor:
-            for change in cursor.execute(query, (keys,)):
-                found[change.uan].append(change)
-        return found
+            return list(cursor.execute(query, (keys,)))
 
     def record_changes(self, changes: Sequence[StoredChange], retracted: Sequence[str]) -> None:
         if retracted:

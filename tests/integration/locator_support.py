@@ -27,6 +27,13 @@ def locator_command(pipeline: Pipeline, *args: str) -> tuple[list[str], dict[str
     return [sys.executable, "-m", "eshram_locator", "locator", *args], env
 
 
+#: (transactions counted, members with any) over every member history (migration 0002).
+COUNT_OBSERVATIONS = (
+    "SELECT coalesce(sum(jsonb_array_length(convert_from(history, 'UTF8')::jsonb -> 's')), 0),"
+    " count(history) FROM members"
+)
+
+
 def committed(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
         row = conn.execute("SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets").fetchone()
@@ -48,8 +55,6 @@ def final_state(dsn: str) -> dict[str, object]:
                     " FROM location_changes WHERE active"
                 ).fetchall()
             ),
-            "observations": conn.execute(
-                "SELECT count(*), count(DISTINCT member_ref) FROM observations"
-            ).fetchone(),
+            "observations": conn.execute(COUNT_OBSERVATIONS).fetchone(),
             "outbox": conn.execute("SELECT count(*) FROM outbox").fetchone(),
         }

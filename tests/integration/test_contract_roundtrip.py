@@ -31,6 +31,7 @@ from eshram_locator.avro_codec import (
     fingerprint_hex,
     schema_topic_records,
 )
+from eshram_locator.domain.history import epoch_us
 from eshram_locator.domain.model import (
     AddressUpdateRequested,
     AuthMode,
@@ -45,7 +46,12 @@ from eshram_locator.domain.model import (
     RationCollection,
     WorkerRegistration,
 )
-from eshram_locator.domain.rules import Observation, address_request_id, location_event_id
+from eshram_locator.domain.rules import (
+    Observation,
+    address_request_id,
+    history_of,
+    location_event_id,
+)
 from eshram_locator.kafka import clients
 from eshram_locator.kafka.publish import publish_schemas
 from eshram_locator.kafka.topics import COMPACT, provision_topics, topic_specs
@@ -367,43 +373,117 @@ def store(fresh_database: str) -> Iterator[LocatorStore]:
 
 
 def _observation(collection: RationCollection) -> Observation:
-    """What the store gives back: the idempotency key of rule 8 as the transaction id."""
+    """What the locator counts: the idempotency key of rule 8 as the transaction id."""
     return replace(
         Observation.from_collection(collection),
         transaction_id=observation_key(collection.source, collection.transaction_id),
     )
 
 
-def test_observations_round_trip(store: LocatorStore) -> None:
-    otp_at_home = replace(
-        COLLECTION,
-        transaction_id="UPPDS-2024-05-0000000042",
-        source="UP-PDS",
-        auth_mode=AuthMode.OTP,
-        fps_id="FPS-09-164-0031",
-        fps_location=Location(9, 164),  # optional LGD parts and pincode unknown
-        portability=Portability.NONE,
-        allocation_month="2024-05",
-        transacted_at=T0 + timedelta(days=31, hours=3),
-    )
-    same_id_other_pds = replace(COLLECTION, source="MH-PDS")  # ids are unique per PDS only
-    other_member = replace(
-        COLLECTION, transaction_id="IMPDS-27-2024-04-0000917322", member_ref="adv:other"
-    )
-    collections = [COLLECTION, otp_at_home, same_id_other_pds, other_member]
+OTP_AT_HOME = replace(
+    COLLECTION,
+    transaction_id="UPPDS-2024-05-0000000042",
+    source="UP-PDS",
+    auth_mode=AuthMode.OTP,
+    fps_id="FPS-09-164-0031",
+    fps_location=Location(9, 164),  # optional LGD parts and pincode unknown
+    portability=Portability.NONE,
+    allocation_month="2024-05",
+    transacted_at=T0 + timedelta(days=31, hours=3),
+)
+SAME_ID_OTHER_PDS = replace(COLLECTION, source="MH-PDS")  # ids are unique per PDS only
+OTHER_MEMBER = replace(
+    COLLECTION, transaction_id="IMPDS-27-2024-04-0000917322", member_ref="adv:other"
+)
+
+
+def test_member_histories_round_trip(store: LocatorStore) -> None:
+    collections = [COLLECTION, OTP_AT_HOME, SAME_ID_OTHER_PDS, OTHER_MEMBER]
     with store.unit_of_work():
-        assert store.insert_observations(collections) == {MEMBER_REF, "adv:other"}
-    with store.unit_of_work():  # rule 8: a transaction seen before changes nothing
-        assert store.insert_observations([COLLECTION, other_member]) == set()
-        found = store.observations([MEMBER_REF, "adv:other", "adv:nobody"])
-    assert set(found) == {MEMBER_REF, "adv:other"}
-    by_id = sorted(found[MEMBER_REF], key=lambda o: o.transaction_id)
-    expected = sorted(
-        (_observation(c) for c in (COLLECTION, otp_at_home, same_id_other_pds)),
-        key=lambda o: o.transaction_id,
+        rows = store.lock_members(c.member_ref for c in collections)
+        assert set(rows) == {MEMBER_REF, "adv:other"}
+        assert all(len(row.history) == 0 and row.uan is None for row in rows.values())
+        for c in collections:
+            assert rows[c.member_ref].history.add(
+                observation_key(c.source, c.transaction_id),
+                c.allocation_month,
+                epoch_us(c.transacted_at),
+                c.auth_mode.is_biometric,
+                c.fps_id,
+                c.fps_location,
+            )
+        store.save_histories([(ref, row.history) for ref, row in rows.items()])
+    with store.unit_of_work():
+        found = store.lock_members([MEMBER_REF, "adv:other", "adv:nobody"])
+    assert found[MEMBER_REF].history == history_of(
+        _observation(c) for c in (COLLECTION, OTP_AT_HOME, SAME_ID_OTHER_PDS)
     )
-    assert by_id == expected
-    assert found["adv:other"] == [_observation(other_member)]
+    assert found["adv:other"].history == history_of([_observation(OTHER_MEMBER)])
+    assert len(found["adv:nobody"].history) == 0  # a new member, empty history
+    # rule 8: a transaction seen before changes nothing
+    assert not found[MEMBER_REF].history.add(
+        observation_key(COLLECTION.source, COLLECTION.transaction_id),
+        "2024-09",
+        0,
+        True,
+        "FPS-X",
+        Location(27, 519),
+    )
+
+
+def test_migration_0002_folds_stored_observations_into_the_same_histories(
+    fresh_database: str,
+) -> None:
+    """A database written before migration 0002 gets the histories the locator would build."""
+    apply_migrations(fresh_database, up_to=1)
+    tied = replace(  # same instant, same district: the greater key is the reported shop
+        COLLECTION,
+        transaction_id="IMPDS-27-2024-04-0000917999",
+        fps_id="FPS-27-519-0002",
+        fps_location=Location(27, 519, 4002, None, "400001"),
+    )
+    other_district = replace(
+        COLLECTION,
+        transaction_id="IMPDS-27-2024-04-0000918000",
+        fps_location=Location(27, 520),
+        transacted_at=COLLECTION.transacted_at - timedelta(hours=5),
+    )
+    collections = [COLLECTION, OTP_AT_HOME, SAME_ID_OTHER_PDS, OTHER_MEMBER, tied, other_district]
+    with psycopg.connect(fresh_database) as conn:
+        conn.execute(
+            "INSERT INTO members (member_ref) VALUES (%s), (%s)", (MEMBER_REF, "adv:other")
+        )
+        for c in collections:
+            where = c.fps_location
+            conn.execute(
+                "INSERT INTO observations (source, transaction_id, member_ref, allocation_month,"
+                " transacted_at, auth_mode, fps_id, state_lgd, district_lgd, subdistrict_lgd,"
+                " village_town_lgd, pincode) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                (
+                    c.source,
+                    c.transaction_id,
+                    c.member_ref,
+                    c.allocation_month,
+                    c.transacted_at,
+                    c.auth_mode.value,
+                    c.fps_id,
+                    where.state_lgd,
+                    where.district_lgd,
+                    where.subdistrict_lgd,
+                    where.village_town_lgd,
+                    where.pincode,
+                ),
+            )
+    assert apply_migrations(fresh_database) == [2]
+    store = LocatorStore.connect(fresh_database)
+    try:
+        with store.unit_of_work():
+            found = store.members([MEMBER_REF, "adv:other"])
+    finally:
+        store.close()
+    for ref in (MEMBER_REF, "adv:other"):
+        expected = history_of(_observation(c) for c in collections if c.member_ref == ref)
+        assert found[ref].history == expected
 
 
 def test_offsets_round_trip(store: LocatorStore) -> None:

@@ -23,6 +23,7 @@ from eshram_locator.records import (
     worker_registration_to_avro,
 )
 from tests.integration.conftest import Pipeline
+from tests.integration.locator_support import COUNT_OBSERVATIONS
 
 pytestmark = pytest.mark.integration
 
@@ -168,5 +169,5 @@ def test_bad_records_are_dead_lettered_with_reason_and_aadhaar_masked(pipeline: 
     _, datum = pipeline.codec.decode(masked or b"", "RationCollection")
     assert datum["ration_card_id"] == f"UP-XXXXXXXX{number[-4:]}"
     with psycopg.connect(pipeline.endpoints.postgres_dsn) as conn:
-        stored = conn.execute("SELECT count(*) FROM observations").fetchone()
-        assert stored == (1,)
+        stored = conn.execute(COUNT_OBSERVATIONS).fetchone()
+        assert stored == (1, 1)

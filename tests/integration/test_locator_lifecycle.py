@@ -17,7 +17,12 @@ from eshram_locator.postgres.store import LocatorStore
 from eshram_locator.simulator.config import SimulationConfig
 from eshram_locator.simulator.population import simulate
 from tests.integration.conftest import Pipeline
-from tests.integration.locator_support import committed, final_state, locator_command
+from tests.integration.locator_support import (
+    COUNT_OBSERVATIONS,
+    committed,
+    final_state,
+    locator_command,
+)
 from tests.integration.test_locator import HOME, MEMBER, MUMBAI, UAN, collection, produce
 from tests.integration.test_locator import registration as worker_registration
 
@@ -99,10 +104,11 @@ def test_a_tombstone_deletes_the_worker_and_their_history(pipeline: Pipeline) ->
         for table, column, key in (
             ("workers", "uan", UAN),
             ("location_changes", "uan", UAN),
-            ("observations", "member_ref", MEMBER),
         ):
             row = conn.execute(f"SELECT count(*) FROM {table} WHERE {column} = %s", (key,))
             assert row.fetchone() == (0,), table
+        row = conn.execute("SELECT uan, history FROM members WHERE member_ref = %s", (MEMBER,))
+        assert row.fetchone() == (None, None), "the member keeps no history"
 
 
 def test_collections_of_unregistered_members_are_purged_after_the_grace_window(
@@ -122,4 +128,4 @@ def test_collections_of_unregistered_members_are_purged_after_the_grace_window(
     with psycopg.connect(pipeline.endpoints.postgres_dsn) as conn:
         members = dict(conn.execute("SELECT member_ref, uan FROM members").fetchall())
         assert members == {MEMBER: UAN}
-        assert conn.execute("SELECT count(*) FROM observations").fetchone() == (1,)
+        assert conn.execute(COUNT_OBSERVATIONS).fetchone() == (1, 1)

@@ -1,0 +1,187 @@
+"""A member's collections, kept as one small summary per allocation month.
+
+The rules never need the individual transactions of a member, only, for each month:
+
+- ``transactions`` and the distinct ``fps_ids`` of every own transaction (rule 6's evidence);
+- for each district with presence (rule 1) in that month: how many presence transactions it
+  had, the time of its latest one, and the transaction id and shop location of that latest one
+  (ties on the time: the greatest id). That gives rule 3's monthly location (latest presence,
+  ties by count, then the smallest district) and the location a change reports;
+- the keys of the transactions already counted (rule 8), as 64-bit digests.
+
+So the locator stores one summary per member instead of one row per transaction, and a
+recomputation reads one value per worker. ``MemberHistory`` is that summary; it is a plain
+JSON-compatible structure so that adapters can store it as it is. The same set of
+observations gives the same summary in any order of ``add``: each field is a count, a set, or a
+maximum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import insort
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from eshram_locator.domain.model import District, Location
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+# A month entry: [transactions, sorted distinct fps_ids, [presence entry, ...]]
+_TRANSACTIONS, _FPS_IDS, _PRESENCE = 0, 1, 2
+# A presence entry: one district of one month.
+_STATE, _DISTRICT, _COUNT, _LATEST_US, _LATEST_KEY, _SUBDISTRICT, _VILLAGE, _PINCODE = range(8)
+
+MonthEntry = list[Any]
+
+
+def transaction_digest(key: str) -> int:
+    """Rule 8's memory of a transaction key: the first 8 bytes of its SHA-256, signed.
+
+    The same value as PostgreSQL's
+    ``('x' || left(encode(sha256(convert_to(key, 'UTF8')), 'hex'), 16))::bit(64)::bigint``.
+    """
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+
+
+def epoch_us(instant: datetime) -> int:
+    """Microseconds since the Unix epoch (``instant`` must be timezone-aware)."""
+    return (instant - _EPOCH) // _MICROSECOND
+
+
+class MemberHistory:
+    """The month summaries of one member and the digests of the transactions they count."""
+
+    __slots__ = ("months", "seen")
+
+    def __init__(
+        self, seen: Iterable[int] = (), months: dict[str, MonthEntry] | None = None
+    ) -> None:
+        self.seen: set[int] = set(seen)
+        self.months: dict[str, MonthEntry] = {} if months is None else months
+
+    # --- storage form --------------------------------------------------------------------
+
+    @classmethod
+    def from_json(cls, stored: Any) -> MemberHistory:
+        """From ``to_json()``'s value, as any JSON library reads it back."""
+        if not stored:
+            return cls()
+        return cls(stored["s"], stored["m"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"s": sorted(self.seen), "m": dict(sorted(self.months.items()))}
+
+    def __len__(self) -> int:
+        """How many distinct transactions the history counts."""
+        return len(self.seen)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MemberHistory):
+            return NotImplemented
+        return self.to_json() == other.to_json()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    # --- adding transactions -------------------------------------------------------------
+
+    def add(
+        self,
+        key: str,
+        allocation_month: str,
+        transacted_at_us: int,
+        presence: bool,
+        fps_id: str,
+        location: Location,
+    ) -> bool:
+        """Count one transaction; False (and nothing changes) when its key was counted before."""
+        digest = transaction_digest(key)
+        if digest in self.seen:
+            return False
+        self.seen.add(digest)
+        entry = self.months.get(allocation_month)
+        if entry is None:
+            entry = self.months[allocation_month] = [0, [], []]
+        entry[_TRANSACTIONS] += 1
+        fps_ids: list[str] = entry[_FPS_IDS]
+        if fps_id not in fps_ids:
+            insort(fps_ids, fps_id)
+        if not presence:
+            return True
+        state, district = location.state_lgd, location.district_lgd
+        for place in entry[_PRESENCE]:
+            if place[_STATE] == state and place[_DISTRICT] == district:
+                place[_COUNT] += 1
+                if (transacted_at_us, key) > (place[_LATEST_US], place[_LATEST_KEY]):
+                    place[_LATEST_US] = transacted_at_us
+                    place[_LATEST_KEY] = key
+                    place[_SUBDISTRICT] = location.subdistrict_lgd
+                    place[_VILLAGE] = location.village_town_lgd
+                    place[_PINCODE] = location.pincode
+                return True
+        entry[_PRESENCE].append(
+            [
+                state,
+                district,
+                1,
+                transacted_at_us,
+                key,
+                location.subdistrict_lgd,
+                location.village_town_lgd,
+                location.pincode,
+            ]
+        )
+        entry[_PRESENCE].sort(key=_district_order)
+        return True
+
+    # --- what the rules read -------------------------------------------------------------
+
+    def observed_months(self) -> Iterator[tuple[str, District]]:
+        """Rule 3: (month, monthly district) for each month with presence, in month order."""
+        for month in sorted(self.months):
+            places = self.months[month][_PRESENCE]
+            if not places:
+                continue
+            if len(places) == 1:
+                place = places[0]
+                yield month, District(place[_STATE], place[_DISTRICT])
+                continue
+            latest = max(place[_LATEST_US] for place in places)
+            tied = [place for place in places if place[_LATEST_US] == latest]
+            best = min(tied, key=lambda p: (-p[_COUNT], p[_STATE], p[_DISTRICT]))
+            yield month, District(best[_STATE], best[_DISTRICT])
+
+    def latest_location(self, district: District, months: Iterable[str]) -> Location:
+        """Rule 3: the shop location of the latest presence in ``district`` over ``months``
+        (ties on the time: the greatest transaction key)."""
+        best: list[Any] | None = None
+        for month in months:
+            for place in self.months[month][_PRESENCE]:
+                if place[_STATE] != district.state_lgd or place[_DISTRICT] != district.district_lgd:
+                    continue
+                if best is None or (place[_LATEST_US], place[_LATEST_KEY]) > (
+                    best[_LATEST_US],
+                    best[_LATEST_KEY],
+                ):
+                    best = place
+        if best is None:
+            raise ValueError(f"no presence in {district} in {list(months)}")
+        return Location(
+            best[_STATE], best[_DISTRICT], best[_SUBDISTRICT], best[_VILLAGE], best[_PINCODE]
+        )
+
+    def transactions_in(self, months: Iterable[str]) -> tuple[int, tuple[str, ...]]:
+        """Rule 6's evidence: (own transactions, sorted distinct shops) over ``months``."""
+        count = 0
+        shops: set[str] = set()
+        for month in months:
+            entry = self.months[month]
+            count += entry[_TRANSACTIONS]
+            shops.update(entry[_FPS_IDS])
+        return count, tuple(sorted(shops))
+
+
+def _district_order(place: list[Any]) -> tuple[int, int]:
+    return place[_STATE], place[_DISTRICT]

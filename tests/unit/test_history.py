@@ -1,0 +1,102 @@
+"""The member history (one summary per month) as properties: what the locator stores instead of
+each transaction must give the rules the same answer, however the input was batched."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eshram_locator.domain.history import MemberHistory, epoch_us, transaction_digest
+from eshram_locator.domain.model import District, Location
+from eshram_locator.domain.rules import (
+    Observation,
+    RuleParams,
+    WorkerProfile,
+    derive_from_history,
+    derive_timeline,
+    history_of,
+)
+from tests.unit.test_rules_properties import observation_sets, profiles
+
+SETTINGS = settings(max_examples=200, deadline=None)
+
+
+def _add(history: MemberHistory, observation: Observation) -> bool:
+    return history.add(
+        observation.transaction_id,
+        observation.allocation_month,
+        epoch_us(observation.transacted_at),
+        observation.is_presence,
+        observation.fps_id,
+        observation.fps_location,
+    )
+
+
+@SETTINGS
+@given(observations=observation_sets(), data=st.data())
+def test_adding_in_any_order_and_any_batches_gives_the_same_history(
+    observations: list[Observation], data: st.DataObject
+) -> None:
+    shuffled = data.draw(st.permutations(observations))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(shuffled)), max_size=4)))
+    history = MemberHistory()
+    start = 0
+    for end in [*cuts, len(shuffled)]:
+        # each batch is stored and read back, as the locator does between batches
+        stored = json.loads(json.dumps(history.to_json()))
+        history = MemberHistory.from_json(stored)
+        for observation in shuffled[start:end]:
+            _add(history, observation)
+        start = end
+    assert history == history_of(observations)
+
+
+@SETTINGS
+@given(observations=observation_sets(), data=st.data())
+def test_a_replayed_transaction_changes_nothing(
+    observations: list[Observation], data: st.DataObject
+) -> None:
+    history = history_of(observations)
+    before = history.to_json()
+    for observation in data.draw(st.lists(st.sampled_from(observations))) if observations else []:
+        assert not _add(history, observation)
+    assert history.to_json() == before
+
+
+@SETTINGS
+@given(observations=observation_sets(), profile=profiles())
+def test_the_timeline_from_a_stored_history_is_the_timeline_from_the_observations(
+    observations: list[Observation], profile: WorkerProfile
+) -> None:
+    params = RuleParams()
+    stored = MemberHistory.from_json(json.loads(json.dumps(history_of(observations).to_json())))
+    assert derive_from_history(profile, stored, params) == derive_timeline(
+        profile, observations, params
+    )
+
+
+def test_a_month_summary_keeps_counts_shops_and_the_latest_presence_per_district() -> None:
+    history = MemberHistory()
+    mumbai = Location(27, 519, 4001, None, "400001")
+    mumbai_other_shop = Location(27, 519, 4002, None, "400002")
+    pune = Location(27, 521)
+    assert history.add("PDS/1", "2025-04", 100, True, "FPS-B", mumbai)
+    assert history.add("PDS/2", "2025-04", 300, True, "FPS-A", pune)
+    assert history.add("PDS/3", "2025-04", 300, True, "FPS-C", mumbai_other_shop)
+    assert history.add("PDS/4", "2025-04", 900, False, "FPS-D", pune)  # OTP: no presence
+    assert not history.add("PDS/1", "2025-04", 100, True, "FPS-B", mumbai)
+    assert len(history) == 4
+    # latest presence at 300 in both districts; Mumbai has more presence transactions
+    assert list(history.observed_months()) == [("2025-04", District(27, 519))]
+    assert history.latest_location(District(27, 519), ["2025-04"]) == mumbai_other_shop
+    assert history.transactions_in(["2025-04"]) == (4, ("FPS-A", "FPS-B", "FPS-C", "FPS-D"))
+
+
+def test_the_digest_is_the_one_postgresql_computes_in_migration_0002() -> None:
+    # SELECT ('x' || left(encode(sha256(convert_to('UP-PDS/UP-1', 'UTF8')), 'hex'), 16))
+    #        ::bit(64)::bigint;  -- -3006266737520212964
+    assert transaction_digest("UP-PDS/UP-1") == int.from_bytes(
+        bytes.fromhex("d64798548209041c"), "big", signed=True
+    )
