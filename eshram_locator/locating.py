@@ -117,8 +117,8 @@ class Locator:
 
     # --- rule 8: the member histories --------------------------------------------------------
 
-    @staticmethod
     def _add_collections(
+        self,
         members: dict[str, MemberRow],
         collections: Sequence[RationCollection],
         outcome: BatchOutcome,

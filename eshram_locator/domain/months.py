@@ -11,8 +11,8 @@ offset gives the same answer as the tz database without depending on one being i
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 
 IST = timezone(timedelta(hours=5, minutes=30), "IST")
 
