@@ -16,9 +16,10 @@ from typing import Any
 import orjson
 
 from eshram_locator.avro_codec import AvroCodec
-from eshram_locator.domain.history import epoch_us
+from eshram_locator.domain.history import epoch_us, may_move
 from eshram_locator.domain.model import (
     ChangeType,
+    District,
     Location,
     LocationChanged,
     RationCollection,
@@ -106,12 +107,12 @@ class Locator:
         if registry_refs:  # their uan and worker rows may have changed: read them again
             members.update(store.members(sorted(registry_refs)))
 
-        changed = self._add_collections(members, collections, outcome)
+        changed, moved = self._add_collections(members, collections, outcome)
         store.save_histories([(ref, members[ref].history) for ref in sorted(changed)])
         targets = [
             row
             for ref, row in sorted(members.items())
-            if row.worker is not None and (ref in changed or row.worker.uan in affected)
+            if row.worker is not None and (ref in moved or row.worker.uan in affected)
         ]
         return outcome, self._recompute(store, targets, now, outcome)
 
@@ -122,30 +123,56 @@ class Locator:
         members: dict[str, MemberRow],
         collections: Sequence[RationCollection],
         outcome: BatchOutcome,
-    ) -> set[str]:
-        """Count each collection not seen before in its member's history; returns the members
-        whose history changed. Within a batch, a transaction id seen twice keeps the smallest
-        content (as ``derive_timeline`` does), never the first to arrive."""
+    ) -> tuple[set[str], set[str]]:
+        """Count each collection not seen before in its member's history.
+
+        Returns (members whose history changed, members whose timeline may have changed). The
+        second set leaves out, without deriving anything, members for whom no rule can give
+        another answer: every month the batch touched kept its monthly district (rule 3), or
+        is a month after all the member's observed months where the worker already is. Within
+        a batch, a transaction id seen twice keeps the smallest content (as ``derive_timeline``
+        does), never the first to arrive.
+        """
         changed: set[str] = set()
-        for collection in sorted(collections, key=_collection_order):
-            row = members[collection.member_ref]
+        touched: dict[str, dict[str, District | None]] = {}
+        for collection in _in_content_order(collections):
+            ref = collection.member_ref
+            row = members[ref]
             if (
                 row.uan is None
                 and row.deregistered_at is not None
                 and collection.transacted_at <= row.deregistered_at
             ):
                 continue  # the deleted worker's history (rule 11), arriving late
-            if row.history.add(
+            history = row.history
+            month = collection.allocation_month
+            before = touched.get(ref)
+            if before is None:
+                before = touched[ref] = {}
+            if month not in before:
+                before[month] = history.month_district(month)
+            if history.add(
                 observation_key(collection.source, collection.transaction_id),
-                collection.allocation_month,
+                month,
                 epoch_us(collection.transacted_at),
                 collection.auth_mode.is_biometric,
                 collection.fps_id,
                 collection.fps_location,
             ):
                 outcome.new_observations += 1
-                changed.add(collection.member_ref)
-        return changed
+                changed.add(ref)
+        moved = {
+            ref
+            for ref, months in touched.items()
+            if (worker := members[ref].worker) is not None
+            and may_move(
+                members[ref].history,
+                months,
+                (worker.current_state_lgd, worker.current_district_lgd),
+                worker.baselines[-1][0] if worker.baselines else None,
+            )
+        }
+        return changed, moved
 
     # --- rule 11: the registry ---------------------------------------------------------------
 
@@ -349,6 +376,16 @@ def _location_json(location: Location) -> list[Any]:
 
 def _location(stored: list[Any]) -> Location:
     return Location(*stored)
+
+
+def _in_content_order(collections: Sequence[RationCollection]) -> Sequence[RationCollection]:
+    """The batch as it is when no transaction appears twice (the order of distinct
+    transactions does not matter to a history); else sorted so that of a transaction seen
+    twice, the smallest content is counted."""
+    keys = {(collection.source, collection.transaction_id) for collection in collections}
+    if len(keys) == len(collections):
+        return collections
+    return sorted(collections, key=_collection_order)
 
 
 def _collection_order(collection: RationCollection) -> tuple[Any, ...]:

@@ -205,32 +205,48 @@ def may_hold_aadhaar(datum: Any, exempt_keys: frozenset[str] = frozenset({"uan"}
     or more, no paths built. Anything unusual (a subclass, an unknown type) answers True, so
     that the full scan decides.
     """
-    kind = type(datum)
-    if kind is dict:
-        for key, value in datum.items():
-            if key in exempt_keys:
-                continue
-            if type(key) is not str or _holds_number(key):
-                return True
-            if _may_hold_value(value):
-                return True
-        return False
+    if type(datum) is dict:
+        return _may_hold_dict(datum, exempt_keys)
     return _may_hold_value(datum)
+
+
+def _may_hold_dict(datum: dict[Any, Any], exempt_keys: frozenset[str]) -> bool:
+    quick = _QUICK.search
+    for key, value in datum.items():
+        if type(key) is not str:
+            return True
+        if len(key) >= _MIN_TEXT and key not in _CLEAN_KEYS:
+            if _holds_number(key):
+                return True
+            if len(_CLEAN_KEYS) < _CLEAN_KEYS_MAX:
+                _CLEAN_KEYS.add(key)
+        kind = type(value)
+        if kind is str:
+            if len(value) >= _MIN_TEXT and quick(value) and _holds_number(value):
+                return key not in exempt_keys or _may_hold_dict(
+                    {k: v for k, v in datum.items() if k not in exempt_keys}, frozenset()
+                )
+        elif kind is int:
+            if 200_000_000_000 <= value < 1_000_000_000_000 and key not in exempt_keys:
+                return True
+        elif (
+            value is not None
+            and kind is not bool
+            and key not in exempt_keys
+            and _may_hold_value(value)
+        ):
+            return True
+    return False
 
 
 def _may_hold_value(value: Any) -> bool:
     kind = type(value)
     if kind is str:
-        return _holds_number(value)
+        return len(value) >= _MIN_TEXT and _holds_number(value)
     if kind is int:
         return _int_hit(value) is not None
     if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str or _holds_number(key):
-                return True
-            if _may_hold_value(item):
-                return True
-        return False
+        return _may_hold_dict(value, frozenset())
     if kind is list or kind is tuple:
         return any(_may_hold_value(item) for item in value)
     # bytes, subclasses, anything else: True, and the full scan looks

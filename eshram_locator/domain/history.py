@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import insort
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -138,20 +138,22 @@ class MemberHistory:
 
     # --- what the rules read -------------------------------------------------------------
 
-    def observed_months(self) -> Iterator[tuple[str, District]]:
+    def observed_months(self) -> list[tuple[str, District]]:
         """Rule 3: (month, monthly district) for each month with presence, in month order."""
-        for month in sorted(self.months):
-            places = self.months[month][_PRESENCE]
-            if not places:
-                continue
-            if len(places) == 1:
-                place = places[0]
-                yield month, District(place[_STATE], place[_DISTRICT])
-                continue
-            latest = max(place[_LATEST_US] for place in places)
-            tied = [place for place in places if place[_LATEST_US] == latest]
-            best = min(tied, key=lambda p: (-p[_COUNT], p[_STATE], p[_DISTRICT]))
-            yield month, District(best[_STATE], best[_DISTRICT])
+        months = self.months
+        found = []
+        for month in sorted(months):
+            places = months[month][_PRESENCE]
+            if places:
+                found.append((month, _monthly_district(places)))
+        return found
+
+    def month_district(self, month: str) -> District | None:
+        """Rule 3 for one month: its monthly district, None when it has no presence."""
+        entry = self.months.get(month)
+        if entry is None or not entry[_PRESENCE]:
+            return None
+        return _monthly_district(entry[_PRESENCE])
 
     def latest_location(self, district: District, months: Iterable[str]) -> Location:
         """Rule 3: the shop location of the latest presence in ``district`` over ``months``
@@ -181,6 +183,77 @@ class MemberHistory:
             count += entry[_TRANSACTIONS]
             shops.update(entry[_FPS_IDS])
         return count, tuple(sorted(shops))
+
+
+def may_move(
+    history: MemberHistory,
+    before: dict[str, District | None],
+    current: tuple[int, int],
+    last_rebaseline: str | None,
+) -> bool:
+    """Could transactions just added to ``history`` change the worker's timeline?
+
+    ``before`` = the monthly district (``month_district``) of each month they touched, taken
+    before adding; ``current`` = the current district the timeline gave before;
+    ``last_rebaseline`` = the month of the worker's latest re-baseline (rule 11), None if none.
+
+    False (the timeline's changes and current district stay as they were, so nothing needs
+    deriving) when every touched month kept its monthly district (rules 1-3: other members' and
+    non-biometric transactions, or presence that is not the month's latest, only refine
+    evidence), or is a month after every month observed before that places the worker where
+    they already are, with no re-baseline since (rule 5 then has nothing to confirm: the
+    location in effect in that month is ``current``).
+    """
+    last_observed: str | None = None
+    for month, district in sorted(before.items()):
+        now_there = history.month_district(month)
+        if now_there == district:
+            continue
+        if now_there == current:
+            if last_observed is None:
+                last_observed = _last_observed_before(history, before)
+            if (last_observed == "" or month > last_observed) and (
+                last_rebaseline is None or last_rebaseline <= last_observed
+            ):
+                continue
+        return True
+    return False
+
+
+def _last_observed_before(history: MemberHistory, before: dict[str, District | None]) -> str:
+    """The latest month with presence before the adds ("" for none): a month the adds touched
+    had presence before exactly when its ``before`` district is not None."""
+    observed = [
+        month
+        for month, entry in history.months.items()
+        if entry[_PRESENCE] and (month not in before or before[month] is not None)
+    ]
+    return max(observed, default="")
+
+
+_DISTRICTS: dict[tuple[int, int], District] = {}
+
+
+def _district(state: int, district: int) -> District:
+    """Shared District values: the rules compare them for every month of every worker."""
+    key = (state, district)
+    found = _DISTRICTS.get(key)
+    if found is None:
+        if len(_DISTRICTS) > 100_000:
+            _DISTRICTS.clear()
+        found = _DISTRICTS[key] = District(state, district)
+    return found
+
+
+def _monthly_district(places: list[list[Any]]) -> District:
+    """Latest presence; ties on its time by the most presence, then the smallest district."""
+    if len(places) == 1:
+        place = places[0]
+        return _district(place[_STATE], place[_DISTRICT])
+    latest = max(place[_LATEST_US] for place in places)
+    tied = [place for place in places if place[_LATEST_US] == latest]
+    best = min(tied, key=lambda p: (-p[_COUNT], p[_STATE], p[_DISTRICT]))
+    return _district(best[_STATE], best[_DISTRICT])
 
 
 def _district_order(place: list[Any]) -> tuple[int, int]:

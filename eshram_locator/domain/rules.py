@@ -372,6 +372,10 @@ def derive_from_history(
     history_of_baselines = profile.baseline_history
     current = history_of_baselines[0][1]  # rule 4
     rebaselines = list(history_of_baselines[1:])  # rule 11, in month order
+    current_district = current.district
+    if not rebaselines and all(district == current_district for district in monthly.values()):
+        # never seen anywhere else: the common case, and no streak can move anyone
+        return Timeline(current_location=current, changes=(), monthly=tuple(monthly.items()))
     permanent = profile.permanent_address
     changes: list[DerivedChange] = []
     streak: list[str] = []
@@ -381,6 +385,7 @@ def derive_from_history(
     for month, district in monthly.items():  # rule 5
         while rebaselines and str(rebaselines[0][0]) <= month:
             current = rebaselines.pop(0)[1]
+            current_district = current.district
             streak, streak_district = [], None
         index = month_index(month)
         if (
@@ -392,7 +397,7 @@ def derive_from_history(
         else:
             streak, streak_district = [month], district
         previous_index = index
-        if len(streak) != confirm or district == current.district:
+        if len(streak) != confirm or district == current_district:
             continue
 
         confirming = tuple(streak)
@@ -425,6 +430,7 @@ def derive_from_history(
         )
         changes.append(change)
         current = location
+        current_district = district
 
     if rebaselines:  # re-baselines after the last observed month
         current = rebaselines[-1][1]

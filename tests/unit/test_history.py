@@ -4,11 +4,12 @@ each transaction must give the rules the same answer, however the input was batc
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eshram_locator.domain.history import MemberHistory, epoch_us, transaction_digest
+from eshram_locator.domain.history import MemberHistory, epoch_us, may_move, transaction_digest
 from eshram_locator.domain.model import District, Location
 from eshram_locator.domain.rules import (
     Observation,
@@ -100,3 +101,50 @@ def test_the_digest_is_the_one_postgresql_computes_in_migration_0002() -> None:
     assert transaction_digest("UP-PDS/UP-1") == int.from_bytes(
         bytes.fromhex("d64798548209041c"), "big", signed=True
     )
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    earlier=observation_sets(max_size=10),
+    batch=observation_sets(max_size=4),
+    profile=profiles(),
+)
+def test_when_may_move_says_no_the_timeline_keeps_its_changes_and_district(
+    earlier: list[Observation], batch: list[Observation], profile: WorkerProfile
+) -> None:
+    """The locator skips deriving on may_move's word: it must never skip a real change."""
+    batch = [replace(o, transaction_id=f"b{o.transaction_id}") for o in batch]
+    params = RuleParams()
+    history = history_of(earlier)
+    timeline = derive_from_history(profile, history, params)
+    before = {o.allocation_month: history.month_district(o.allocation_month) for o in batch}
+    for observation in batch:
+        _add(history, observation)
+    rebaselines = profile.baseline_history[1:]
+    last_rebaseline = rebaselines[-1][0] if rebaselines else None
+    if may_move(history, before, timeline.current_location.district, last_rebaseline):
+        return
+    after = derive_from_history(profile, history, params)
+    assert [c.event_id for c in after.changes] == [c.event_id for c in timeline.changes]
+    assert after.current_location.district == timeline.current_location.district
+
+
+def test_a_month_before_a_re_baseline_may_move_the_worker_even_where_they_are_now() -> None:
+    """Seen in Y in 2024-02, re-registered in Y from 2024-04 (so current is Y): a 2024-03
+    collection in Y confirms a move made before the re-baseline, a new change."""
+    home, away = Location(9, 140), Location(27, 519)
+    profile = WorkerProfile(
+        uan="100000000017",
+        permanent_address=home,
+        present_address=away,
+        sms_reachable=False,
+        baselines=((None, home), ("2024-04", away)),
+    )
+    history = MemberHistory()
+    history.add("PDS/1", "2024-02", 10, True, "FPS-1", away)
+    timeline = derive_from_history(profile, history, RuleParams())
+    assert timeline.changes == () and timeline.current_location == away
+    before = {"2024-03": history.month_district("2024-03")}
+    history.add("PDS/2", "2024-03", 20, True, "FPS-1", away)
+    assert may_move(history, before, away.district, "2024-04")
+    assert len(derive_from_history(profile, history, RuleParams()).changes) == 1
