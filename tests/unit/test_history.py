@@ -143,7 +143,8 @@ def test_a_month_before_a_re_baseline_may_move_the_worker_even_where_they_are_no
     history = MemberHistory()
     history.add("PDS/1", "2024-02", 10, True, "FPS-1", away)
     timeline = derive_from_history(profile, history, RuleParams())
-    assert timeline.changes == () and timeline.current_location == away
+    assert timeline.changes == ()
+    assert timeline.current_location == away
     before = {"2024-03": history.month_district("2024-03")}
     history.add("PDS/2", "2024-03", 20, True, "FPS-1", away)
     assert may_move(history, before, away.district, "2024-04")
