@@ -15,7 +15,9 @@ the uncommitted messages are processed again. Both tables hold assignments, not 
 (a view is a set of changes with their status, a ledger holds absolute partial sums), and the
 in-memory partial sums are rebuilt from the recovered ``workers`` table after every
 rebalance: replays neither lose nor double count. State topics may see a change twice;
-consumers drop duplicates by ``event_id``, as for every topic of the contract.
+consumers drop duplicates by ``event_id``, as for every topic of the contract. After table
+recovery the input partitions are sought to their committed offsets before they are resumed
+(``streams.recovery``), so a restarted worker reads again everything not yet committed.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import structlog
 from aiohttp import web
 
 from eshram_locator.avro_codec import AvroCodec
-from eshram_locator.domain.model import District, MigrationFlow
+from eshram_locator.domain.model import District, LocationChanged, MigrationFlow
 from eshram_locator.intake import RawMessage
 from eshram_locator.records import migration_flow_to_avro
 from eshram_locator.topics import TopicNames
@@ -41,13 +43,14 @@ from streams.flows import (
     contributions,
     flow_key,
     pair_key,
+    pairs_to_send,
     parse_pair,
     partials_from_json,
     partials_to_json,
-    touched_pairs,
 )
 from streams.processor import Output, Processor
 from streams.projection import StateProjection
+from streams.recovery import StreamsTableManager
 from streams.residents import Residents
 from streams.worker_view import WorkerView
 
@@ -99,6 +102,9 @@ class StreamsApp:
             broker_session_timeout=config.session_timeout_s,
             broker_heartbeat_interval=min(3.0, config.session_timeout_s / 3),
             producer_acks=-1,
+            # Seeks the input partitions before resuming them after recovery: faust 0.15.3's
+            # own order drops re-fetched input after a restart (see streams.recovery).
+            TableManager=StreamsTableManager,
         )
         self.workers = self.app.Table(
             WORKERS_TABLE,
@@ -208,16 +214,22 @@ class StreamsApp:
         else:
             self.workers[uan] = new.to_json()
         self.residents.update(old, new)
-        await self._send_partials(raw.partition, old, new)
+        await self._send_partials(raw.partition, old, new, outcome.change)
 
     async def _send_partials(
-        self, partition: int, old: WorkerView | None, new: WorkerView | None
+        self,
+        partition: int,
+        old: WorkerView | None,
+        new: WorkerView | None,
+        change: LocationChanged | None,
     ) -> None:
         before, after = contributions(old), contributions(new)
         self.partition_flows.apply(partition, before, after)
-        # Every pair the worker touches is re-sent (absolute values), also when nothing changed:
-        # a replay after a crash then repairs partials that were lost before being sent.
-        pairs = touched_pairs(before, after)
+        # Every pair the worker touches, and every pair the change names, is re-sent (absolute
+        # values), also when nothing changed: a replay after a crash then repairs partials that
+        # were lost before being sent, retractions included.
+        origin = next((view.origin for view in (new, old) if view is not None), None)
+        pairs = pairs_to_send(before, after, origin, change)
         for pair, months in sorted(self.partition_flows.partials(partition, pairs).items()):
             body = json.dumps(partials_to_json(partition, months), sort_keys=True).encode()
             await self.flow_partials.send(key=pair_key(pair).encode(), value=body)

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from eshram_locator.domain.model import District, MigrationFlow
+from eshram_locator.domain.model import District, LocationChanged, MigrationFlow
 from streams.worker_view import WorkerView
 
 FlowCell = tuple[str, District, District]
@@ -134,6 +134,29 @@ class PartitionFlows:
 
 def touched_pairs(*contributions_: Mapping[FlowCell, Counts]) -> set[Pair]:
     return {(origin, dest) for cells in contributions_ for _, origin, dest in cells}
+
+
+def pairs_to_send(
+    before: Mapping[FlowCell, Counts],
+    after: Mapping[FlowCell, Counts],
+    origin: District | None,
+    change: LocationChanged | None,
+) -> set[Pair]:
+    """The pairs whose partials a message re-sends: those the worker's contribution touches
+    before or after it, and those the change itself names (from ``origin`` to the district it
+    reached and to the one it left).
+
+    The change's own pairs matter on a replay after a crash. The stored view already holds the
+    change's effect then (``before == after``), so a retraction that took the worker out of a
+    pair no longer shows that pair; a RETRACTED event copies the retracted change's locations,
+    so its pairs are those it emptied, and re-sending them (absolute, maybe empty) repairs a
+    ledger that never received the retraction."""
+    pairs = touched_pairs(before, after)
+    if origin is not None and change is not None:
+        pairs.add((origin, change.current_location.district))
+        if change.previous_location is not None:
+            pairs.add((origin, change.previous_location.district))
+    return pairs
 
 
 # --- the ledger of one pair (value of the ``flow_pairs`` table) --------------------------------

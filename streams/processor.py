@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from eshram_locator.avro_codec import AvroCodec
+from eshram_locator.domain.model import LocationChanged
 from eshram_locator.errors import PermanentRecordError, ValidationError
 
 # The guarded decode (Aadhaar check, masked DLQ copy) is shared with the locator's intake.
@@ -44,12 +45,14 @@ class Output:
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """``view`` is the worker's new view (None: forget the worker); ``store`` says whether to
-    write it (False: leave the table as it is)."""
+    write it (False: leave the table as it is); ``change``: the ``LocationChanged`` the message
+    carried (None for a registration or a dead letter)."""
 
     view: WorkerView | None
     store: bool
     outputs: tuple[Output, ...] = ()
     dead_lettered: bool = False
+    change: LocationChanged | None = None
 
 
 @dataclass(slots=True)
@@ -109,9 +112,9 @@ class Processor:
         if routing.held:
             assert message.value is not None  # decode_guarded rejects an empty value
             log.info("change_held", reason="registration_not_seen")
-            return Outcome(updated.holding(message.value), store=True)
+            return Outcome(updated.holding(message.value), store=True, change=event)
         outputs = tuple(self._to_state(state, event.uan, datum) for state in sorted(routing.states))
-        return Outcome(updated, store=True, outputs=outputs)
+        return Outcome(updated, store=True, outputs=outputs, change=event)
 
     def _to_state(self, state_lgd: int, uan: str, datum: dict[str, Any]) -> Output:
         projection = self.projections.get(state_lgd, DEFAULT_PROJECTION)

@@ -109,16 +109,6 @@ def matches(actual: dict[Key, tuple[int, int]], figures: dict[Key, tuple[int, in
     return all(value[1] == 0 for key, value in actual.items() if key not in figures)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known defect (issue 4 stays open): about one run in three or four, the restarted worker"
-        " drops input events (faust-streaming 0.15.3 resumes fetching before seeking to the"
-        " committed offsets, clears the queue on resume, then logs DROPPED MESSAGE ROFF for the"
-        " re-fetch), so a move is never counted; fix: seek before resume or a gap guard per"
-        " partition in the agents"
-    ),
-)
 def test_sigkill_then_restart_recovers_tables_and_counts_flows_once(
     pipeline: Pipeline, streams_topics: list[str], tmp_path: Path
 ) -> None:

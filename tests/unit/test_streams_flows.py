@@ -19,6 +19,7 @@ from streams.flows import (
     PartitionFlows,
     contributions,
     flow_key,
+    pairs_to_send,
     parse_pair,
     partials_from_json,
     partials_to_json,
@@ -143,6 +144,44 @@ def test_ledger_takes_absolute_partials_so_resending_is_harmless() -> None:
     gone, fourth = other.with_partials(0, {}).publish(pair)
     assert [(f.workers, f.moves_in) for f in fourth] == [(1, 1)]
     assert PairLedger.from_json(gone.to_json()) == gone
+
+
+def test_a_replayed_retraction_resends_the_pair_it_emptied() -> None:
+    """A crash after the retraction's view was stored, before its partials were sent: the
+    replay finds the retraction already applied, yet the emptied pair's ledger is repaired."""
+    uan = "100000000001"
+    first = moved(uan, "2025-03", HOME, MUMBAI)
+    undo = retraction(first, datetime(2025, 7, 1, tzinfo=UTC))
+    moved_view = worker(uan, first)
+    flows = PartitionFlows()
+    flows.rebuild([moved_view])
+    sent = flows.partials(0, [(A, B)])[(A, B)]
+    ledger, published = PairLedger().with_partials(0, sent).publish((A, B))
+    assert [(f.workers, f.moves_in) for f in published] == [(1, 1)]
+
+    # Before the crash: the retraction is applied and its view stored; its partials are lost.
+    stored = moved_view.with_change(undo)
+    flows.apply(0, contributions(moved_view), contributions(stored))
+
+    # The replay: the stored view already holds the retraction, so nothing changes ...
+    replayed = stored.with_change(undo)
+    before, after = contributions(stored), contributions(replayed)
+    assert before == after == {}
+    assert touched_pairs(before, after) == set()  # ... and the worker no longer touches (A, B)
+    # ... but the retraction names it, so its (now empty) partials are sent again.
+    pairs = pairs_to_send(before, after, replayed.origin, undo)
+    assert pairs == {(A, A), (A, B)}
+    months = flows.partials(0, pairs)[(A, B)]
+    assert months == {}
+    _, repaired = ledger.with_partials(0, months).publish((A, B))
+    assert [(f.month, f.workers, f.moves_in) for f in repaired] == [("2025-03", 0, 0)]
+
+
+def test_a_change_without_a_known_origin_names_no_pair() -> None:
+    uan = "100000000001"
+    event = moved(uan, "2025-03", HOME, MUMBAI)
+    assert pairs_to_send({}, {}, None, event) == set()
+    assert pairs_to_send({}, {}, A, None) == set()
 
 
 def test_partition_flows_apply_then_undo_is_empty() -> None:
