@@ -161,16 +161,26 @@ class SchemaTopicDecoder:
         return entry.record_name, datum
 
 
-def schema_topic_loader(bootstrap: str, topic: str) -> Callable[[SchemaCatalog], int]:
-    """A loader that reads ``topic`` from its start to its end into a catalog."""
+def schema_topic_loader(
+    bootstrap: str,
+    topic: str,
+    security: Mapping[str, Any] | None = None,
+    group_id: str = "schema-reader",
+) -> Callable[[SchemaCatalog], int]:
+    """A loader that reads ``topic`` from its start to its end into a catalog.
+
+    ``security``: librdkafka settings that authenticate the reader (none: plaintext).
+    ``group_id``: never joined nor committed to, but the client still looks up its coordinator,
+    so with ACLs it must be a group the principal may use."""
 
     def load(catalog: SchemaCatalog) -> int:
         consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
-                "group.id": "schema-reader",  # never commits: assign() without a group protocol
+                "group.id": group_id,  # never commits: assign() without a group protocol
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
+                **(security or {}),
             }
         )
         registered = 0

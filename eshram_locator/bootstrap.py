@@ -7,24 +7,30 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable, Mapping
+import secrets
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
+from pydantic import SecretStr
 
 from consumers.locator import LocatorConfig, LocatorProcess, Totals
 from eshram_locator import settings as settings_module
+from eshram_locator.acl_policy import AclPolicy, Naming, parse_policy, state_codes
 from eshram_locator.avro_codec import AvroCodec, load_codec
 from eshram_locator.domain.rules import RuleParams
 from eshram_locator.errors import ConfigError
 from eshram_locator.kafka import clients
+from eshram_locator.kafka.clients import KafkaCredentials
 from eshram_locator.kafka.publish import publish_schemas
 from eshram_locator.kafka.relay import OutboxRelay
+from eshram_locator.kafka.security import SecurityReport, apply_security, verify_credentials
 from eshram_locator.kafka.topics import ProvisionReport, provision_topics, topic_specs
-from eshram_locator.local.kafka_server import LocalKafka
+from eshram_locator.local.kafka_server import BrokerSecurity, LocalKafka
 from eshram_locator.local.postgres_server import LocalPostgres, data_dir_for
 from eshram_locator.locating import Locator
 from eshram_locator.postgres.migrate import apply_migrations
@@ -48,6 +54,13 @@ __all__ = [
 class Endpoints:
     bootstrap_servers: str
     postgres_dsn: str = field(repr=False)  # an external DSN may carry a password
+    # The principal the process authenticates as (scram profile); None: plaintext.
+    kafka_credentials: KafkaCredentials | None = field(default=None, repr=False)
+
+    @property
+    def kafka_config(self) -> dict[str, Any]:
+        """librdkafka settings to merge into every client of this process."""
+        return clients.security_config(self.kafka_credentials)
 
 
 def known_variables() -> frozenset[str]:
@@ -80,14 +93,97 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def local_kafka(settings: Settings) -> LocalKafka:
+    """The local broker of the settings' profile; each profile has its own data directory."""
+    security: BrokerSecurity | None = None
+    data_dir = settings.local_dir / "kafka"
+    if settings.kafka_security == "scram":
+        if settings.kafka_ssl_ca_file is not None:
+            raise ConfigError(
+                "LOCATOR_KAFKA_SSL_CA_FILE: the local broker has no TLS listener "
+                "(TLS is for external brokers; see the README's Security section)"
+            )
+        admin = admin_credentials(settings, generate=True)
+        assert admin is not None  # the scram profile always has one
+        security = BrokerSecurity(admin.username, admin.password)
+        data_dir = settings.local_dir / "kafka-scram"
     return LocalKafka(
         version=settings.kafka_version,
         cache_dir=settings.cache_dir,
-        data_dir=settings.local_dir / "kafka",
+        data_dir=data_dir,
         port=settings.kafka_port,
         controller_port=settings.kafka_controller_port,
         heap=settings.kafka_heap,
+        security=security,
     )
+
+
+# --- Kafka credentials (scram profile) ---------------------------------------------------------
+
+
+def kafka_secrets_dir(settings: Settings) -> Path:
+    return settings.kafka_secrets_dir or settings.local_dir / "kafka-secrets"
+
+
+def _read_secret(path: Path) -> SecretStr | None:
+    """The password in ``path`` (one line), or None if there is no such file."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise ConfigError(f"cannot read the secret file {path}: {error.strerror}") from error
+    if not text:
+        raise ConfigError(f"the secret file {path} is empty")
+    return SecretStr(text)
+
+
+def _new_secret(path: Path) -> SecretStr:
+    """A random password written to ``path`` (mode 0600, in a 0700 directory)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(24)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(password + "\n")
+    return SecretStr(password)
+
+
+def admin_credentials(settings: Settings, *, generate: bool = False) -> KafkaCredentials | None:
+    """The super user's credentials (None in the plaintext profile).
+
+    The password is LOCATOR_KAFKA_ADMIN_PASSWORD, else the secrets directory's file named after
+    the user; ``generate`` creates that file when neither exists (the local broker's first
+    start)."""
+    if settings.kafka_security == "plaintext":
+        return None
+    user = settings.kafka_admin_username
+    path = kafka_secrets_dir(settings) / user
+    password = settings.kafka_admin_password or _read_secret(path)
+    if password is None:
+        if not (generate and settings.uses_local_kafka):
+            raise ConfigError(
+                f"LOCATOR_KAFKA_ADMIN_PASSWORD is unset and there is no secret file {path}"
+            )
+        password = _new_secret(path)
+    return KafkaCredentials(user, password, settings.kafka_ssl_ca_file)
+
+
+def client_credentials(settings: Settings) -> KafkaCredentials | None:
+    """The credentials of the principal this process runs as (None in the plaintext profile)."""
+    if settings.kafka_security == "plaintext":
+        return None
+    user = settings.kafka_username
+    if user is None:
+        raise ConfigError(
+            "LOCATOR_KAFKA_USERNAME: required with LOCATOR_KAFKA_SECURITY=scram "
+            "(the principal this process runs as, e.g. locator)"
+        )
+    if user == settings.kafka_admin_username:
+        return admin_credentials(settings, generate=True)
+    path = kafka_secrets_dir(settings) / user
+    password = settings.kafka_password or _read_secret(path)
+    if password is None:
+        raise ConfigError(f"LOCATOR_KAFKA_PASSWORD is unset and there is no secret file {path}")
+    return KafkaCredentials(user, password, settings.kafka_ssl_ca_file)
 
 
 def local_postgres(settings: Settings) -> LocalPostgres:
@@ -104,31 +200,134 @@ def postgres_dsn(settings: Settings) -> str:
     return local_postgres(settings).dsn()
 
 
-def ensure_services(settings: Settings) -> Endpoints:
-    """Start the local broker and database where settings ask for local ones (idempotent)."""
+def ensure_services(settings: Settings, *, as_admin: bool = False) -> Endpoints:
+    """Start the local broker and database where settings ask for local ones (idempotent).
+
+    In the scram profile the endpoints carry the process's credentials (the super user's with
+    ``as_admin``), checked against the broker: a wrong password stops here, by name."""
+    credentials = (
+        admin_credentials(settings, generate=True) if as_admin else client_credentials(settings)
+    )
     if settings.uses_local_postgres:
         local_postgres(settings).start()
     if settings.uses_local_kafka:
         local_kafka(settings).start()
+    if credentials is not None:
+        verify_credentials(settings.bootstrap_servers, credentials)
     return Endpoints(
-        bootstrap_servers=settings.bootstrap_servers, postgres_dsn=postgres_dsn(settings)
+        bootstrap_servers=settings.bootstrap_servers,
+        postgres_dsn=postgres_dsn(settings),
+        kafka_credentials=credentials,
     )
 
 
-def admin_client(bootstrap_servers: str) -> AdminClient:
+def admin_client(
+    bootstrap_servers: str, credentials: KafkaCredentials | None = None
+) -> AdminClient:
     return AdminClient(
-        {"bootstrap.servers": bootstrap_servers, "client.id": "eshram-locator-admin"}
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "client.id": "eshram-locator-admin",
+            **clients.security_config(credentials),
+        }
     )
 
 
 def provision(settings: Settings, bootstrap_servers: str) -> ProvisionReport:
+    """Create the contract's topics; in the scram profile as the super user."""
     specs = topic_specs(
         settings.collections_partitions,
         settings.topic_partitions,
         settings.replication_factor,
         prefix=settings.topic_prefix,
     )
-    return provision_topics(admin_client(bootstrap_servers), specs)
+    return provision_topics(admin_client(bootstrap_servers, admin_credentials(settings)), specs)
+
+
+# --- security: SCRAM users and ACLs from the ACL file ---------------------------------------------
+
+
+def acl_policy(settings: Settings) -> AclPolicy:
+    path = settings.kafka_acl_file
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(
+            f"LOCATOR_KAFKA_ACL_FILE: cannot read {path}: {error.strerror}"
+        ) from error
+    return parse_policy(text, str(path))
+
+
+def acl_naming(settings: Settings) -> Naming:
+    from eshram_locator.geography import STATES
+
+    return Naming(
+        topic_prefix=settings.topic_prefix,
+        consumer_group=settings.consumer_group,
+        streams_app_id=settings.streams_app_id,
+        states=state_codes([state.lgd for state in STATES]),
+    )
+
+
+def principal_passwords(
+    settings: Settings, principals: Iterable[str], *, generate_missing: bool = False
+) -> dict[str, SecretStr]:
+    """Each principal's password from its file in the secrets directory.
+
+    ``generate_missing`` writes a random one for each principal without a file; otherwise a
+    missing file is a ConfigError that names the principals (never a password)."""
+    directory = kafka_secrets_dir(settings)
+    passwords: dict[str, SecretStr] = {}
+    missing: list[str] = []
+    for principal in principals:
+        password = _read_secret(directory / principal)
+        if password is None and generate_missing:
+            password = _new_secret(directory / principal)
+        if password is None:
+            missing.append(principal)
+        else:
+            passwords[principal] = password
+    if missing:
+        raise ConfigError(
+            f"no secret file in {directory} for: {', '.join(missing)} "
+            "(one file per principal holding its password; or pass --generate-missing)"
+        )
+    return passwords
+
+
+def require_scram(settings: Settings) -> None:
+    if settings.kafka_security != "scram":
+        raise ConfigError(
+            "security apply needs LOCATOR_KAFKA_SECURITY=scram (the plaintext profile's broker "
+            "has no authorizer)"
+        )
+
+
+def apply_kafka_security(
+    settings: Settings,
+    endpoints: Endpoints,
+    policy: AclPolicy | None = None,
+    *,
+    generate_missing: bool = False,
+) -> SecurityReport:
+    """Make the broker's SCRAM users and ACLs match the ACL file (run as the super user)."""
+    require_scram(settings)
+    admin = admin_credentials(settings)
+    assert admin is not None  # scram profile
+    policy = policy or acl_policy(settings)
+    naming = acl_naming(settings)
+    policy.check_super_user(admin.username, naming)
+    passwords = principal_passwords(
+        settings, policy.principal_names(naming), generate_missing=generate_missing
+    )
+    return apply_security(
+        admin_client(endpoints.bootstrap_servers, admin),
+        endpoints.bootstrap_servers,
+        policy.rules(naming),
+        passwords,
+        super_users=[admin.username],
+        ca_file=settings.kafka_ssl_ca_file,
+    )
 
 
 # --- the locator -------------------------------------------------------------------------------
@@ -153,7 +352,7 @@ def rule_params(settings: Settings) -> RuleParams:
 
 
 def producer(endpoints: Endpoints) -> Producer:
-    return clients.producer(endpoints.bootstrap_servers)
+    return clients.producer(endpoints.bootstrap_servers, **endpoints.kafka_config)
 
 
 def locator_process(
@@ -167,9 +366,11 @@ def locator_process(
     apply_migrations(endpoints.postgres_dsn)
     names = topic_names(settings)
     avro = codec(settings)
-    producer = clients.producer(endpoints.bootstrap_servers)
+    producer = clients.producer(endpoints.bootstrap_servers, **endpoints.kafka_config)
     publish_schemas(producer, avro, names)
-    consumer = clients.batch_consumer(endpoints.bootstrap_servers, settings.consumer_group)
+    consumer = clients.batch_consumer(
+        endpoints.bootstrap_servers, settings.consumer_group, **endpoints.kafka_config
+    )
     return LocatorProcess(
         consumer=consumer,
         conninfo=endpoints.postgres_dsn,
@@ -236,9 +437,11 @@ def _state_code(code: str, variable: str) -> int:
     return int(code)
 
 
-def topic_partitions(bootstrap_servers: str, names: list[str]) -> dict[str, int | None]:
-    """Partition count of each topic (None: it does not exist)."""
-    metadata = admin_client(bootstrap_servers).list_topics(timeout=30)
+def topic_partitions(
+    bootstrap_servers: str, names: list[str], credentials: KafkaCredentials | None = None
+) -> dict[str, int | None]:
+    """Partition count of each topic (None: it does not exist, or this principal may not see it)."""
+    metadata = admin_client(bootstrap_servers, credentials).list_topics(timeout=30)
     return {
         name: len(metadata.topics[name].partitions) if name in metadata.topics else None
         for name in names
@@ -254,10 +457,13 @@ def streams_app(settings: Settings, endpoints: Endpoints, *, with_api: bool = Tr
     names = topic_names(settings)
     joined = (names.registry, names.location_changes)
     partitions = copartitioned_partitions(
-        topic_partitions(endpoints.bootstrap_servers, list(joined)), joined
+        topic_partitions(endpoints.bootstrap_servers, list(joined), endpoints.kafka_credentials),
+        joined,
     )
     avro = codec(settings)
-    publish_schemas(clients.producer(endpoints.bootstrap_servers), avro, names)
+    publish_schemas(
+        clients.producer(endpoints.bootstrap_servers, **endpoints.kafka_config), avro, names
+    )
     projections = state_projections(settings)
     data_dir = settings.streams_data_dir or settings.local_dir / "streams"
     app = StreamsApp(
@@ -270,6 +476,7 @@ def streams_app(settings: Settings, endpoints: Endpoints, *, with_api: bool = Tr
             data_dir=data_dir,
             replication_factor=settings.replication_factor,
             projections=projections,
+            credentials=endpoints.kafka_credentials,
         ),
         avro,
     )
@@ -311,10 +518,20 @@ def state_subscriber(
         if settings.subscriber_postgres_dsn is not None
         else endpoints.postgres_dsn
     )
-    group = f"{settings.topic_prefix}{settings.subscriber_group}-{code:02d}"
+    # Under the state's own prefix, where the state's principal may have consumer groups.
+    group = f"{settings.topic_prefix}state-{code:02d}.{settings.subscriber_group}"
     return StateSubscriber(
-        consumer=clients.batch_consumer(endpoints.bootstrap_servers, group),
-        decoder=SchemaTopicDecoder(schema_topic_loader(endpoints.bootstrap_servers, names.schemas)),
+        consumer=clients.batch_consumer(
+            endpoints.bootstrap_servers, group, **endpoints.kafka_config
+        ),
+        decoder=SchemaTopicDecoder(
+            schema_topic_loader(
+                endpoints.bootstrap_servers,
+                names.schemas,
+                endpoints.kafka_config,
+                group_id=f"{group}.schema-reader",
+            )
+        ),
         conninfo=dsn,
         config=SubscriberConfig(
             state_lgd=code,

@@ -34,8 +34,13 @@ services_app = typer.Typer(
     help="The local Kafka broker and PostgreSQL server.", no_args_is_help=True
 )
 topics_app = typer.Typer(help="The topics of the event contract.", no_args_is_help=True)
+security_app = typer.Typer(
+    help="SCRAM users and ACLs of the secure profile (LOCATOR_KAFKA_SECURITY=scram).",
+    no_args_is_help=True,
+)
 app.add_typer(services_app, name="services")
 app.add_typer(topics_app, name="topics")
+app.add_typer(security_app, name="security")
 
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
@@ -94,9 +99,10 @@ class Service(enum.StrEnum):
 def services_up() -> None:
     """Start the local broker and database (unless external ones are set) and create topics."""
     settings = _settings()
-    endpoints = bootstrap.ensure_services(settings)
+    endpoints = bootstrap.ensure_services(settings, as_admin=True)
     report = bootstrap.provision(settings, endpoints.bootstrap_servers)
-    typer.echo(f"kafka: {endpoints.bootstrap_servers}")
+    profile = " (scram)" if settings.kafka_security == "scram" else ""
+    typer.echo(f"kafka: {endpoints.bootstrap_servers}{profile}")
     typer.echo(f"postgres: {_mask(endpoints.postgres_dsn)}")
     typer.echo(f"topics: {len(report.created)} created, {len(report.unchanged)} unchanged")
 
@@ -160,6 +166,43 @@ def topics_provision() -> None:
     for name in report.created:
         typer.echo(f"created: {name}")
     typer.echo(f"topics: {len(report.created)} created, {len(report.unchanged)} unchanged")
+
+
+# --- security ------------------------------------------------------------------------------
+
+
+@command(security_app, "apply")
+def security_apply(
+    generate_missing: Annotated[
+        bool,
+        typer.Option(
+            help="Write a random password to the secrets directory for each principal "
+            "without one (local and test brokers)."
+        ),
+    ] = False,
+) -> None:
+    """Make the broker's SCRAM users and ACLs match the ACL file; a re-run changes nothing.
+
+    Runs as the super user. Deletes ACLs that are not in the file and users it no longer names."""
+    settings = _settings()
+    bootstrap.require_scram(settings)
+    policy = bootstrap.acl_policy(settings)  # a bad file stops here, before any connection
+    endpoints = bootstrap.ensure_services(settings, as_admin=True)
+    report = bootstrap.apply_kafka_security(
+        settings, endpoints, policy, generate_missing=generate_missing
+    )
+    for user in report.users_created:
+        typer.echo(f"user created: {user}")
+    for user in report.users_updated:
+        typer.echo(f"user password changed: {user}")
+    for user in report.users_removed:
+        typer.echo(f"user removed: {user}")
+    typer.echo(
+        f"users: {len(report.users_created)} created, {len(report.users_updated)} updated, "
+        f"{len(report.users_removed)} removed, {report.users_unchanged} unchanged; "
+        f"acls: {report.acls_created} created, {report.acls_removed} removed, "
+        f"{report.acls_unchanged} unchanged"
+    )
 
 
 # --- processes -------------------------------------------------------------------------
@@ -234,7 +277,7 @@ def demo(
     settings = _settings()
     if settings.log_level == "INFO":  # per-batch lines would tear the progress bars apart
         configure_logging("WARNING", settings.log_format)
-    endpoints = bootstrap.ensure_services(settings)
+    endpoints = bootstrap.ensure_services(settings, as_admin=True)
     typer.echo(f"kafka {endpoints.bootstrap_servers}, postgres {_mask(endpoints.postgres_dsn)}")
     result = run_simulated_pipeline(
         settings, endpoints, SimulationConfig(seed=seed, workers=workers, months=months), out

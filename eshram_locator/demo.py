@@ -80,7 +80,7 @@ def run_simulated_pipeline(
     run_id = time.strftime("%Y%m%d%H%M%S")
     prefix = f"{DEMO_PREFIX}{run_id}."
     database = f"{DEMO_DATABASE_PREFIX}{run_id}"
-    admin = bootstrap.admin_client(endpoints.bootstrap_servers)
+    admin = bootstrap.admin_client(endpoints.bootstrap_servers, endpoints.kafka_credentials)
     drop_namespaces(admin, endpoints.postgres_dsn, DEMO_PREFIX, DEMO_DATABASE_PREFIX)
     dsn = create_database(endpoints.postgres_dsn, database)
     run_settings = settings.model_copy(
@@ -95,7 +95,9 @@ def run_simulated_pipeline(
             prefix=prefix,
         ),
     )
-    run_endpoints = bootstrap.Endpoints(endpoints.bootstrap_servers, dsn)
+    run_endpoints = bootstrap.Endpoints(
+        endpoints.bootstrap_servers, dsn, endpoints.kafka_credentials
+    )
     names = TopicNames(prefix)
     codec = bootstrap.codec(run_settings)
 
@@ -108,7 +110,7 @@ def run_simulated_pipeline(
     started = time.monotonic()
     with _bar(total, "simulate + produce", progress) as bar:
         counts = publish_simulation(
-            clients.producer(endpoints.bootstrap_servers),
+            clients.producer(endpoints.bootstrap_servers, **endpoints.kafka_config),
             codec,
             names,
             simulation.messages(),

@@ -58,3 +58,17 @@ class RawAadhaarError(ValidationError):
 
 class RetriableError(LocatorError):
     """A dependency (broker, database) is unavailable or a transaction must be retried."""
+
+
+class AclFileError(ConfigError):
+    """The ACL file is unreadable or breaks its schema; the message names the entry."""
+
+
+class KafkaAuthenticationError(LocatorError):
+    """The broker rejected a principal's SASL credentials (wrong password or unknown user).
+
+    The message names the principal and the mechanism, never the password."""
+
+
+class KafkaSecurityError(LocatorError):
+    """The broker refused or failed to change SCRAM credentials or ACLs."""

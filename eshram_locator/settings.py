@@ -97,6 +97,40 @@ class Settings(BaseSettings):
     consumer_group: str = Field(
         "eshram-locator", min_length=1, description="Consumer group of the locator processes."
     )
+    kafka_security: Literal["plaintext", "scram"] = Field(
+        "plaintext",
+        description="Security profile: plaintext (no authentication, local development) or scram (SASL/SCRAM-SHA-512 and ACLs; the local broker keeps its own data dir).",
+    )
+    kafka_username: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]{1,100}$",
+        description="Principal this process authenticates as (scram profile; e.g. locator, streams, state-27).",
+    )
+    kafka_password: SecretStr | None = Field(
+        None,
+        description="Password of LOCATOR_KAFKA_USERNAME. Unset: read from the file named after the user in LOCATOR_KAFKA_SECRETS_DIR.",
+    )
+    kafka_admin_username: str = Field(
+        "admin",
+        pattern=r"^[A-Za-z0-9._-]{1,100}$",
+        description="The broker's super user (scram profile): the local broker's inter-broker principal; services up, topics provision and security apply authenticate as it.",
+    )
+    kafka_admin_password: SecretStr | None = Field(
+        None,
+        description="Password of the super user. Unset: read from LOCATOR_KAFKA_SECRETS_DIR (a local broker generates it there on first start).",
+    )
+    kafka_secrets_dir: Path | None = Field(
+        None,
+        description="Directory with one file per principal holding its password (mode 0600). Unset: <LOCATOR_LOCAL_DIR>/kafka-secrets.",
+    )
+    kafka_acl_file: Path = Field(
+        REPO_ROOT / "security" / "acls.toml",
+        description="The declarative ACL file that security apply makes the broker match.",
+    )
+    kafka_ssl_ca_file: Path | None = Field(
+        None,
+        description="CA certificate (PEM) of a broker with TLS listeners. Set with the scram profile: clients use SASL_SSL.",
+    )
 
     # --- PostgreSQL ------------------------------------------------------------------------
     postgres_dsn: SecretStr | None = Field(
@@ -235,7 +269,7 @@ class Settings(BaseSettings):
     subscriber_group: str = Field(
         "state-subscriber",
         pattern=r"^[A-Za-z0-9._-]{1,100}$",
-        description="Consumer group of the reference state subscriber (the state code is appended).",
+        description="Consumer group of the reference state subscriber, under the state's own prefix: state-<SS>.<this> (after LOCATOR_TOPIC_PREFIX).",
     )
 
 

@@ -23,6 +23,7 @@ recovery the input partitions are sought to their committed offsets before they 
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from aiohttp import web
 from eshram_locator.avro_codec import AvroCodec
 from eshram_locator.domain.model import District, LocationChanged, MigrationFlow
 from eshram_locator.intake import RawMessage
+from eshram_locator.kafka.clients import SCRAM_MECHANISM, KafkaCredentials
 from eshram_locator.records import migration_flow_to_avro
 from eshram_locator.topics import TopicNames
 from streams.flows import (
@@ -74,6 +76,8 @@ class StreamsConfig:
     commit_interval_s: float = 1.0
     # A killed worker's partitions move after this long without heartbeats (Faust: 60 s).
     session_timeout_s: float = 10.0
+    # SASL/SCRAM credentials of the streams principal (scram profile); None: plaintext.
+    credentials: KafkaCredentials | None = field(default=None, repr=False)
 
 
 class StreamsApp:
@@ -105,6 +109,7 @@ class StreamsApp:
             # Seeks the input partitions before resuming them after recovery: faust 0.15.3's
             # own order drops re-fetched input after a restart (see streams.recovery).
             TableManager=StreamsTableManager,
+            broker_credentials=_broker_credentials(config.credentials),
         )
         self.workers = self.app.Table(
             WORKERS_TABLE,
@@ -305,6 +310,23 @@ def _flow(month: str, pair: tuple[District, District], figures: tuple[int, int])
         to_district_lgd=pair[1].district_lgd,
         workers=figures[0],
         moves_in=figures[1],
+    )
+
+
+def _broker_credentials(credentials: KafkaCredentials | None) -> faust.SASLCredentials | None:
+    """aiokafka's SASL settings for Faust (SASL_SSL when the credentials name a CA file)."""
+    if credentials is None:
+        return None
+    context = (
+        ssl.create_default_context(cafile=str(credentials.ca_file))
+        if credentials.ca_file is not None
+        else None
+    )
+    return faust.SASLCredentials(
+        username=credentials.username,
+        password=credentials.password.get_secret_value(),
+        mechanism=SCRAM_MECHANISM,
+        ssl_context=context,
     )
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
+from pydantic import SecretStr
 
 from eshram_locator.errors import RetriableError
+
+SCRAM_MECHANISM = "SCRAM-SHA-512"
 
 
 def producer(bootstrap: str, **overrides: Any) -> Producer:
@@ -71,3 +76,34 @@ def flush_all(producer: Producer, timeout_s: float) -> None:
     remaining = producer.flush(timeout_s)
     if remaining:
         raise RetriableError(f"{remaining} messages not delivered within {timeout_s}s")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaCredentials:
+    """A principal's SASL/SCRAM credentials; with ``ca_file`` the connection is TLS (SASL_SSL)."""
+
+    username: str
+    password: SecretStr
+    ca_file: Path | None = None
+
+    @property
+    def security_protocol(self) -> str:
+        return "SASL_PLAINTEXT" if self.ca_file is None else "SASL_SSL"
+
+
+def security_config(credentials: KafkaCredentials | None) -> dict[str, Any]:
+    """The librdkafka settings that authenticate as ``credentials`` (none: plaintext).
+
+    Merge them into any client's configuration (``producer(bootstrap, **security_config(c))``).
+    The result holds the password: pass it to a client, never to a log."""
+    if credentials is None:
+        return {}
+    config: dict[str, Any] = {
+        "security.protocol": credentials.security_protocol,
+        "sasl.mechanism": SCRAM_MECHANISM,
+        "sasl.username": credentials.username,
+        "sasl.password": credentials.password.get_secret_value(),
+    }
+    if credentials.ca_file is not None:
+        config["ssl.ca.location"] = str(credentials.ca_file)
+    return config

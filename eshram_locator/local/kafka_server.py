@@ -5,6 +5,15 @@ version and are cached; the broker then runs as a detached ``java`` process whos
 ``data_dir``. Every operation is idempotent: ``start`` on a running broker returns at once,
 ``stop`` on a stopped one does nothing. Nothing here reads settings; ``bootstrap`` passes the
 values in.
+
+Two profiles. Without ``security`` the client listener is PLAINTEXT and anyone may do anything.
+With a ``BrokerSecurity`` the client listener is SASL_PLAINTEXT with SCRAM-SHA-512 only, the
+StandardAuthorizer denies whatever no ACL allows, and the admin principal is the one super user:
+its SCRAM credential is written into the metadata log when the storage is formatted (so it
+exists before the first client connects) and the broker uses it for inter-broker traffic. The
+controller listener (one node, loopback) authenticates the same admin with SASL/PLAIN from the
+broker's own JAAS configuration, because SCRAM credentials live in the metadata the controller
+serves. Each profile keeps its own data directory; ``bootstrap`` chooses it.
 """
 
 from __future__ import annotations
@@ -21,10 +30,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 import structlog
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
+from pydantic import SecretStr
 
 from eshram_locator.errors import LocalServiceError
 from eshram_locator.local._common import file_lock, port_free, tail
@@ -91,6 +102,28 @@ logger.state.level = WARN
 """
 
 
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+# Characters that would break the JAAS option or kafka-storage's --add-scram syntax.
+_UNSAFE_SECRET_CHARACTERS = frozenset('"\\,[]=; \t\r\n')
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSecurity:
+    """The SASL/SCRAM profile: the admin principal (super user) and its password."""
+
+    admin_username: str
+    admin_password: SecretStr
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka settings with which the admin authenticates (used to probe readiness)."""
+        return {
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": SCRAM_MECHANISM,
+            "sasl.username": self.admin_username,
+            "sasl.password": self.admin_password.get_secret_value(),
+        }
+
+
 @dataclass(frozen=True, slots=True)
 class KafkaStatus:
     running: bool
@@ -110,6 +143,7 @@ class LocalKafka:
         port: int,
         controller_port: int,
         heap: str,
+        security: BrokerSecurity | None = None,
     ) -> None:
         self.version = version
         self.cache_dir = cache_dir
@@ -117,6 +151,7 @@ class LocalKafka:
         self.port = port
         self.controller_port = controller_port
         self.heap = heap
+        self.security = security
 
     # --- paths -------------------------------------------------------------------------
 
@@ -305,10 +340,47 @@ class LocalKafka:
             "auto.create.topics.enable": "false",
             "delete.topic.enable": "true",
         }
+        if self.security is not None:
+            properties.update(self._security_properties(self.security))
         lines = ["# Written by eshram-locator on every start; edits are overwritten."]
         lines += [f"{key}={value}" for key, value in properties.items()]
-        self._properties_file.write_text("\n".join(lines) + "\n")
+        _write_private(self._properties_file, "\n".join(lines) + "\n")
         self._log4j_file.write_text(_LOG4J2_TEMPLATE.format(log_file=self._server_log))
+
+    def _security_properties(self, security: BrokerSecurity) -> dict[str, str]:
+        """SASL/SCRAM-SHA-512 on the client listener, SASL/PLAIN on the controller's, ACLs on."""
+        user = security.admin_username
+        password = _safe_secret(security.admin_password, "the Kafka admin password")
+        if set(user) & _UNSAFE_SECRET_CHARACTERS:
+            raise LocalServiceError(f"the Kafka admin user name {user!r} has unusable characters")
+        scram = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{user}" password="{password}";'
+        )
+        plain = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="{user}" password="{password}" user_{user}="{password}";'
+        )
+        return {
+            "listeners": (
+                f"SASL_PLAINTEXT://127.0.0.1:{self.port},"
+                f"CONTROLLER://127.0.0.1:{self.controller_port}"
+            ),
+            "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{self.port}",
+            "inter.broker.listener.name": "SASL_PLAINTEXT",
+            "listener.security.protocol.map": (
+                "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT"
+            ),
+            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": scram,
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": plain,
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:{user}",
+            "allow.everyone.if.no.acl.found": "false",
+        }
 
     def _java(self, libs: Path, *args: str) -> list[str]:
         return [
@@ -323,6 +395,13 @@ class LocalKafka:
         if (self._log_dirs / "meta.properties").is_file():
             return
         cluster_id = _random_cluster_id()
+        scram: list[str] = []
+        if self.security is not None:  # the super user's credential, before any client connects
+            password = _safe_secret(self.security.admin_password, "the Kafka admin password")
+            scram = [
+                "--add-scram",
+                f"{SCRAM_MECHANISM}=[name={self.security.admin_username},password={password}]",
+            ]
         result = subprocess.run(
             self._java(
                 libs,
@@ -333,6 +412,7 @@ class LocalKafka:
                 "-c",
                 str(self._properties_file),
                 "--standalone",
+                *scram,
             ),
             capture_output=True,
             text=True,
@@ -340,11 +420,19 @@ class LocalKafka:
             cwd=self.data_dir,
         )
         if result.returncode != 0:
+            output = result.stdout + result.stderr
+            if self.security is not None:  # the tool may echo its --add-scram argument
+                output = output.replace(self.security.admin_password.get_secret_value(), "***")
             raise LocalServiceError(
                 f"formatting Kafka storage in {self._log_dirs} failed "
-                f"(exit {result.returncode}):\n{tail(result.stdout + result.stderr)}"
+                f"(exit {result.returncode}):\n{tail(output)}"
             )
-        log.info("kafka.storage.formatted", cluster_id=cluster_id, log_dirs=str(self._log_dirs))
+        log.info(
+            "kafka.storage.formatted",
+            cluster_id=cluster_id,
+            log_dirs=str(self._log_dirs),
+            profile="scram" if self.security is not None else "plaintext",
+        )
 
     def _launch(self, libs: Path) -> subprocess.Popen[bytes]:
         command = [
@@ -371,6 +459,7 @@ class LocalKafka:
         self, pid: int, process: subprocess.Popen[bytes] | None, deadline: float
     ) -> None:
         admin: AdminClient | None = None
+        failures: list[KafkaError] = []  # SASL failures arrive through error_cb, on poll()
         last_error = "the client port never opened"
         while time.monotonic() < deadline:
             exited = process.poll() is not None if process is not None else not _alive(pid)
@@ -382,11 +471,18 @@ class LocalKafka:
                 )
             if _port_answers(self.port):
                 if admin is None:
-                    admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+                    config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+                    if self.security is not None:
+                        config.update(self.security.client_config())
+                        config["error_cb"] = failures.append
+                    admin = AdminClient(config)
                 try:
                     metadata = admin.list_topics(timeout=2)
                 except KafkaException as error:
                     last_error = str(error)
+                    admin.poll(0)
+                    if any(f.code() == KafkaError._AUTHENTICATION for f in failures):
+                        self._reject_admin(pid)
                 else:
                     if metadata.brokers:
                         return
@@ -397,6 +493,19 @@ class LocalKafka:
         raise LocalServiceError(
             f"the Kafka broker (pid {pid}) was not ready on port {self.port} in time "
             f"({last_error}) and was stopped; last lines of its logs:\n{self._log_tail()}"
+        )
+
+    def _reject_admin(self, pid: int) -> NoReturn:
+        """The broker runs but refuses the admin's password: stop it and say what to do."""
+        assert self.security is not None
+        _terminate(pid, 10.0)
+        self._pid_file.unlink(missing_ok=True)
+        raise LocalServiceError(
+            f"the local Kafka broker rejected the credentials of "
+            f"{self.security.admin_username!r}: its storage in {self.data_dir} was formatted "
+            "with another admin password (the SCRAM credential lives in its metadata). Restore "
+            "the password it was formatted with, or delete that directory to start afresh. "
+            "The broker was stopped."
         )
 
     def _log_tail(self) -> str:
@@ -467,6 +576,25 @@ def _require_free(port: int, variable: str, what: str) -> None:
             f"port {port} ({what}) is taken by another process; stop it or choose another "
             f"port with {variable}"
         )
+
+
+def _safe_secret(secret: SecretStr, what: str) -> str:
+    """The secret's value, if it can go into a JAAS option and --add-scram unquoted."""
+    value = secret.get_secret_value()
+    if not value or set(value) & _UNSAFE_SECRET_CHARACTERS:
+        raise LocalServiceError(
+            f"{what} is empty or has a character the local broker's configuration cannot carry "
+            '(one of " \\ , [ ] = ; or white space); choose another'
+        )
+    return value
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (the secure profile's holds the admin password)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)  # an older file keeps its mode through O_TRUNC
 
 
 def _read(path: Path) -> str | None:

@@ -36,13 +36,14 @@ def test_defaults_use_local_services() -> None:
 def test_environment_overrides_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOCATOR_KAFKA_PORT", "29092")
     monkeypatch.setenv("LOCATOR_KAFKA_BOOTSTRAP", "broker-1:9092,broker-2:9092")
-    monkeypatch.setenv("LOCATOR_POSTGRES_DSN", "postgresql://app:secret@db:5432/locator")
+    monkeypatch.setenv("LOCATOR_POSTGRES_DSN", "postgresql://app:pg-pw-417@db:5432/locator")
+    monkeypatch.setenv("LOCATOR_KAFKA_PASSWORD", "kafka-pw-417")
     settings = bootstrap.load_settings()
     assert settings.kafka_port == 29092
     assert settings.bootstrap_servers == "broker-1:9092,broker-2:9092"
     assert not settings.uses_local_kafka
     assert not settings.uses_local_postgres
-    assert "secret" not in repr(settings)
+    assert "pw-417" not in repr(settings)  # neither password (a field may be named secrets_dir)
 
 
 def test_toml_file_is_read_and_environment_wins(
