@@ -379,22 +379,15 @@ def _location(stored: list[Any]) -> Location:
 
 
 def _in_content_order(collections: Sequence[RationCollection]) -> Sequence[RationCollection]:
-    """The batch as it is when no transaction appears twice (the order of distinct
-    transactions does not matter to a history); else sorted so that of a transaction seen
-    twice, the smallest content is counted."""
-    keys = {(collection.source, collection.transaction_id) for collection in collections}
-    if len(keys) == len(collections):
-        return collections
-    return sorted(collections, key=_collection_order)
-
-
-def _collection_order(collection: RationCollection) -> tuple[Any, ...]:
-    return (
-        collection.member_ref,
-        collection.source,
-        collection.transaction_id,
-        *_content(collection),
-    )
+    """The batch with each transaction once: of one seen twice, the smallest content (the
+    order of distinct transactions does not matter to a history)."""
+    kept: dict[tuple[str, str], RationCollection] = {}
+    for collection in collections:
+        key = (collection.source, collection.transaction_id)
+        other = kept.get(key)
+        if other is None or _content(collection) < _content(other):
+            kept[key] = collection
+    return collections if len(kept) == len(collections) else list(kept.values())
 
 
 def _content(collection: RationCollection) -> tuple[Any, ...]:

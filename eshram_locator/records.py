@@ -77,6 +77,15 @@ def _non_empty(value: str, field: str) -> str:
     return value
 
 
+def _member_ref(value: str) -> str:
+    """The vault's opaque id of a card member: printable, never empty."""
+    if not value or value.isspace():
+        raise ValidationError("member_ref must not be empty")
+    if not value.isprintable():
+        raise ValidationError("member_ref holds a control character")
+    return value
+
+
 def _state(value: int, field: str) -> int:
     if value not in STATES_BY_LGD:
         raise ValidationError(f"{field} is not a known state LGD code")
@@ -167,9 +176,7 @@ def ration_collection_from_avro(d: Avro) -> RationCollection:
     transaction_id = d["transaction_id"]
     if not transaction_id or transaction_id.isspace():
         raise ValidationError("transaction_id must not be empty")
-    member_ref = d["member_ref"]
-    if not member_ref or member_ref.isspace():
-        raise ValidationError("member_ref must not be empty")
+    member_ref = _member_ref(d["member_ref"])
     month = d["allocation_month"]
     if _MONTH.fullmatch(month) is None:
         raise ValidationError("allocation_month must be YYYY-MM (year 2000-2099, month 01-12)")
@@ -243,7 +250,7 @@ def ration_collection_to_avro(record: RationCollection) -> Avro:
 def worker_registration_from_avro(d: Avro) -> WorkerRegistration:
     return WorkerRegistration(
         uan=_uan(d["uan"]),
-        member_ref=_non_empty(d["member_ref"], "member_ref"),
+        member_ref=_member_ref(d["member_ref"]),
         permanent_address=location_from_avro(d["permanent_address"], "permanent_address"),
         present_address=_optional_location(d["present_address"], "present_address"),
         occupation_nco=d["occupation_nco"],

@@ -72,7 +72,7 @@ class MemberHistory:
         return cls(stored["s"], stored["m"])
 
     def to_json(self) -> dict[str, Any]:
-        return {"s": sorted(self.seen), "m": dict(sorted(self.months.items()))}
+        return {"s": list(self.seen), "m": self.months}
 
     def __len__(self) -> int:
         """How many distinct transactions the history counts."""
@@ -81,7 +81,7 @@ class MemberHistory:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MemberHistory):
             return NotImplemented
-        return self.to_json() == other.to_json()
+        return self.seen == other.seen and self.months == other.months
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 

@@ -85,6 +85,20 @@ _HOT_WORKER_COLUMNS = _WORKER_COLUMNS.format(
 _FULL_WORKER_COLUMNS = _WORKER_COLUMNS.format(registration="w.registration")
 
 
+_UNIT_SEPARATOR = "\x1f"
+_RECORD_SEPARATOR = "\x1e"
+
+
+def _pack(keys: Sequence[str]) -> tuple[str, str]:
+    """Many keys as one text parameter for ``string_to_array(%s, %s)``: psycopg dumps a list
+    parameter element by element in Python, a joined string in one step. Intake rejects ids
+    with control characters (``records``), so no key holds the separator."""
+    joined = _UNIT_SEPARATOR.join(keys)
+    if joined.count(_UNIT_SEPARATOR) != max(len(keys) - 1, 0):
+        raise ValueError("a key holds a control character")
+    return joined, _UNIT_SEPARATOR
+
+
 def _dumps_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -125,16 +139,22 @@ class LocatorStore:
     # --- members and workers -----------------------------------------------------------------
 
     def lock_members(self, member_refs: Iterable[str]) -> dict[str, MemberRow]:
-        """Insert unseen members, lock every given row in sorted order (no deadlocks between
-        processes), and return each with its history and, when registered, its worker row."""
+        """Lock every given member row (inserting unseen members) and return each with its
+        history and, when registered, its worker row. Rows are locked in sorted order, the
+        existing ones first (a deadlock with another process is retried by the caller)."""
         refs = sorted(set(member_refs))
         if not refs:
             return {}
-        self._conn.execute(
-            "INSERT INTO members (member_ref) SELECT unnest(%b::text[]) ON CONFLICT DO NOTHING",
-            (refs,),
-        )
-        return self.members(refs, lock=True)
+        found = self.members(refs, lock=True)
+        if len(found) < len(refs):
+            unseen = [ref for ref in refs if ref not in found]
+            self._conn.execute(
+                "INSERT INTO members (member_ref) SELECT unnest(string_to_array(%s, %s))"
+                " ON CONFLICT DO NOTHING",
+                _pack(unseen),
+            )
+            found.update(self.members(unseen, lock=True))
+        return found
 
     def members(self, member_refs: Sequence[str], *, lock: bool = False) -> dict[str, MemberRow]:
         """The given members (sorted, optionally locked), each with its worker row if any."""
@@ -142,14 +162,14 @@ class LocatorStore:
             "SELECT m.member_ref, m.uan, m.deregistered_at, m.history, "
             + _HOT_WORKER_COLUMNS
             + " FROM members m LEFT JOIN workers w ON w.uan = m.uan"
-            " WHERE m.member_ref = ANY(%b) ORDER BY m.member_ref"
+            " WHERE m.member_ref = ANY(string_to_array(%s, %s)) ORDER BY m.member_ref"
         )
         if lock:
             query += " FOR UPDATE OF m"
         found: dict[str, MemberRow] = {}
         loads = orjson.loads
         for ref, uan, deregistered_at, history, *worker in self._conn.execute(
-            query.encode(), (list(member_refs),), binary=True
+            query.encode(), _pack(member_refs), binary=True
         ):
             found[ref] = MemberRow(
                 ref,
@@ -164,15 +184,16 @@ class LocatorStore:
         """(member_ref, history) of members whose history changed; the rows exist and are locked."""
         if not histories:
             return
-        dumps = orjson.dumps
+        refs, separator = _pack([ref for ref, _ in histories])
+        # JSON text never holds a raw control character: one string carries them all.
+        stored = _RECORD_SEPARATOR.join(
+            orjson.dumps(history.to_json()).decode() for _, history in histories
+        )
         self._conn.execute(
-            "UPDATE members AS m SET history = u.history"
-            " FROM unnest(%b::text[], %b::bytea[]) AS u(member_ref, history)"
-            " WHERE m.member_ref = u.member_ref",
-            (
-                [ref for ref, _ in histories],
-                [dumps(history.to_json()) for _, history in histories],
-            ),
+            "UPDATE members AS m SET history = convert_to(u.history, 'UTF8')"
+            " FROM unnest(string_to_array(%s, %s), string_to_array(%s, %s))"
+            " AS u(member_ref, history) WHERE m.member_ref = u.member_ref",
+            (refs, separator, stored, _RECORD_SEPARATOR),
         )
 
     def set_member_uans(self, assignments: Sequence[tuple[str, str | None]]) -> None:

@@ -244,6 +244,15 @@ def test_identifiers_must_not_be_empty(field: str, value: str) -> None:
         records.ration_collection_from_avro(_collection_dict(**{field: value}))
 
 
+@pytest.mark.parametrize("value", ["MR\x1f1", "MR\n1", "MR\x001"])
+def test_a_member_ref_with_a_control_character_is_rejected(value: str) -> None:
+    with pytest.raises(ValidationError, match="member_ref"):
+        records.ration_collection_from_avro(_collection_dict(member_ref=value))
+    datum = records.worker_registration_to_avro(REGISTRATION)
+    with pytest.raises(ValidationError, match="member_ref"):
+        records.worker_registration_from_avro(datum | {"member_ref": value})
+
+
 def test_unknown_enum_symbol_is_a_validation_error() -> None:
     with pytest.raises(ValidationError, match="auth_mode"):
         records.ration_collection_from_avro(_collection_dict(auth_mode="PALM"))
