@@ -127,7 +127,7 @@ def open_namespace(settings: Settings, endpoints: bootstrap.Endpoints) -> Namesp
     run_id = new_run_id()
     prefix = f"{TOPIC_PREFIX}{run_id}."
     admin = bootstrap.admin_client(endpoints.bootstrap_servers)
-    drop_bench_namespaces(admin, endpoints.postgres_dsn)
+    drop_bench_namespaces(admin, endpoints.owner_dsn)
     provision_topics(
         admin,
         topic_specs(
@@ -138,7 +138,7 @@ def open_namespace(settings: Settings, endpoints: bootstrap.Endpoints) -> Namesp
         ),
     )
     return Namespace(
-        run_id, prefix, TopicNames(prefix), endpoints.bootstrap_servers, endpoints.postgres_dsn
+        run_id, prefix, TopicNames(prefix), endpoints.bootstrap_servers, endpoints.owner_dsn
     )
 
 

@@ -26,6 +26,7 @@ from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
+    KafkaException,
     Message,
     TopicPartition,
 )
@@ -178,8 +179,8 @@ class LocatorProcess:
         for message in messages:
             error = message.error()
             if error is not None:
-                if error.retriable() or error.code() == KafkaError._PARTITION_EOF:
-                    log.warning("consume_error", error=error.str())
+                if _transient(error):  # librdkafka reconnects and rejoins by itself
+                    log.warning("consume_error", error=error.str(), code=error.code())
                     continue
                 raise RetriableError(f"consumer error: {error.str()}")
             topic, partition, offset = message.topic(), message.partition(), message.offset()
@@ -226,10 +227,14 @@ class LocatorProcess:
         changes, requests = self._with_store(commit)
         self._positions.update(next_offsets)
         self._publish_pending()
-        self._consumer.commit(
-            offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
-            asynchronous=True,
-        )
+        if next_offsets:
+            try:  # for lag monitoring only: PostgreSQL holds the offsets that count
+                self._consumer.commit(
+                    offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
+                    asynchronous=True,
+                )
+            except KafkaException as problem:
+                log.warning("kafka_commit_skipped", error=str(problem))
         totals = self.totals
         totals.batches += 1
         totals.consumed += len(messages)
@@ -253,9 +258,13 @@ class LocatorProcess:
         if not self._positions:
             return False
         for (topic, partition), position in self._positions.items():
-            _, high = self._consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=10, cached=False
-            )
+            try:
+                _, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=10, cached=False
+                )
+            except KafkaException as problem:  # the broker is away: not known to be caught up
+                log.warning("watermarks_unavailable", error=str(problem))
+                return False
             if position < high:
                 return False
         return True
@@ -271,7 +280,10 @@ class LocatorProcess:
                 return work(self._store)
             except _RETRIABLE_DB as problem:
                 log.warning("database_retry", error=type(problem).__name__, delay_s=delay)
-                if self._store is not None and self._store.closed:
+                # A fresh session for the redo: the failed transaction rolled back, and with it
+                # anything the session had set up in it (the store's temporary staging table).
+                if self._store is not None:
+                    self._store.close()
                     self._store = None
                 if self._stop.wait(delay):
                     raise RetriableError("stopped while waiting for the database") from problem
@@ -299,6 +311,29 @@ class LocatorProcess:
         purged = self._with_store(purge)
         if purged:
             log.info("unregistered_purged", observations=purged)
+
+
+# Errors a broker restart or a network blip cause; librdkafka recovers from them. Anything else
+# (authorisation, a fatal error) ends the process.
+_TRANSIENT_CODES = frozenset(
+    {
+        KafkaError._PARTITION_EOF,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._RESOLVE,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+    }
+)
+
+
+def _transient(error: KafkaError) -> bool:
+    return not error.fatal() and (error.retriable() or error.code() in _TRANSIENT_CODES)
 
 
 def _timestamp(message: Message) -> datetime:

@@ -48,6 +48,7 @@ from eshram_locator.avro_codec import (
     fingerprint_from_hex,
 )
 from eshram_locator.errors import DecodeError, RetriableError, UnknownSchemaError, ValidationError
+from eshram_locator.postgres.migrate import grant_app_role
 
 log = structlog.get_logger(__name__)
 
@@ -316,10 +317,18 @@ class StateSubscriber:
         decoder: SchemaTopicDecoder,
         conninfo: str,
         config: SubscriberConfig,
+        *,
+        schema_conninfo: str | None = None,
+        app_role: str | None = None,
     ) -> None:
+        """``conninfo`` is what the subscriber runs as; its tables are created with
+        ``schema_conninfo`` (the owner's; default ``conninfo``), which then grants ``app_role``
+        rows-only access to them when the two roles differ."""
         self._consumer = consumer
         self._decoder = decoder
         self._conninfo = conninfo
+        self._schema_conninfo = schema_conninfo or conninfo
+        self._app_role = app_role
         self._config = config
         self._stop = threading.Event()
         self._ignore_stored_offsets = config.from_beginning
@@ -334,9 +343,11 @@ class StateSubscriber:
         signal.signal(signal.SIGINT, self.request_stop)
 
     def run(self) -> SubscriberTotals:
+        with psycopg.connect(self._schema_conninfo, autocommit=True) as owner:
+            owner.execute(DDL)
+            if self._app_role is not None:
+                grant_app_role(owner, self._app_role)
         with psycopg.connect(self._conninfo) as conn:
-            conn.execute(DDL)
-            conn.commit()
             self._conn = conn
             self._consumer.subscribe([self._config.topic], on_assign=self._on_assign)
             idle = 0

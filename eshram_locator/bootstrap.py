@@ -16,6 +16,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import SecretStr
 
 from consumers.locator import LocatorConfig, LocatorProcess, Totals
@@ -31,7 +32,7 @@ from eshram_locator.kafka.relay import OutboxRelay
 from eshram_locator.kafka.security import SecurityReport, apply_security, verify_credentials
 from eshram_locator.kafka.topics import ProvisionReport, provision_topics, topic_specs
 from eshram_locator.local.kafka_server import BrokerSecurity, LocalKafka
-from eshram_locator.local.postgres_server import LocalPostgres, data_dir_for
+from eshram_locator.local.postgres_server import LocalPostgres, LocalRole, data_dir_for
 from eshram_locator.locating import Locator
 from eshram_locator.postgres.migrate import apply_migrations
 from eshram_locator.settings import ENV_PREFIX, SETTINGS_FILE_VARIABLE, Settings
@@ -52,8 +53,13 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Endpoints:
+    """Where the broker and the database are. ``postgres_dsn`` is the application role's (what
+    the processes run as); ``postgres_owner_dsn`` the schema owner's (migrations, run databases),
+    None when one role does both."""
+
     bootstrap_servers: str
-    postgres_dsn: str = field(repr=False)  # an external DSN may carry a password
+    postgres_dsn: str = field(repr=False)  # a DSN may carry a password
+    postgres_owner_dsn: str | None = field(default=None, repr=False)
     # The principal the process authenticates as (scram profile); None: plaintext.
     kafka_credentials: KafkaCredentials | None = field(default=None, repr=False)
 
@@ -61,6 +67,33 @@ class Endpoints:
     def kafka_config(self) -> dict[str, Any]:
         """librdkafka settings to merge into every client of this process."""
         return clients.security_config(self.kafka_credentials)
+
+    @property
+    def owner_dsn(self) -> str:
+        return self.postgres_owner_dsn or self.postgres_dsn
+
+    @property
+    def app_role(self) -> str | None:
+        """The application role to grant to after migrations; None when it is the owner."""
+        app = conninfo_to_dict(self.postgres_dsn).get("user")
+        owner = conninfo_to_dict(self.owner_dsn).get("user")
+        return str(app) if app and app != owner else None
+
+    def in_database(self, database: str) -> Endpoints:
+        """The same roles, connected to another database of the same server."""
+        return Endpoints(
+            self.bootstrap_servers,
+            make_conninfo(self.postgres_dsn, dbname=database),
+            None
+            if self.postgres_owner_dsn is None
+            else make_conninfo(self.postgres_owner_dsn, dbname=database),
+            self.kafka_credentials,
+        )
+
+
+def migrate(endpoints: Endpoints) -> list[int]:
+    """Apply pending migrations as the owner, then grant the application role its rows."""
+    return apply_migrations(endpoints.owner_dsn, endpoints.app_role)
 
 
 def known_variables() -> frozenset[str]:
@@ -191,13 +224,38 @@ def local_postgres(settings: Settings) -> LocalPostgres:
         port=settings.postgres_port,
         database=settings.postgres_database,
         data_dir=data_dir_for(settings.local_dir, settings.postgres_port),
+        owner=LocalRole(settings.postgres_owner_role, _secret(settings.postgres_owner_password)),
+        app=LocalRole(settings.postgres_app_role, _secret(settings.postgres_app_password)),
     )
 
 
+def _secret(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()
+
+
 def postgres_dsn(settings: Settings) -> str:
+    """The application role's DSN: what the processes connect with."""
     if settings.postgres_dsn is not None:
         return settings.postgres_dsn.get_secret_value()
-    return local_postgres(settings).dsn()
+    return local_postgres(settings).app_dsn()
+
+
+def postgres_owner_dsn(settings: Settings) -> str | None:
+    """The schema owner's DSN (migrations); None: the application DSN does both."""
+    if settings.postgres_owner_dsn is not None:
+        return settings.postgres_owner_dsn.get_secret_value()
+    if settings.postgres_dsn is not None:
+        return None
+    return local_postgres(settings).owner_dsn()
+
+
+def endpoints(settings: Settings, credentials: KafkaCredentials | None = None) -> Endpoints:
+    return Endpoints(
+        bootstrap_servers=settings.bootstrap_servers,
+        postgres_dsn=postgres_dsn(settings),
+        postgres_owner_dsn=postgres_owner_dsn(settings),
+        kafka_credentials=credentials,
+    )
 
 
 def ensure_services(settings: Settings, *, as_admin: bool = False) -> Endpoints:
@@ -214,11 +272,7 @@ def ensure_services(settings: Settings, *, as_admin: bool = False) -> Endpoints:
         local_kafka(settings).start()
     if credentials is not None:
         verify_credentials(settings.bootstrap_servers, credentials)
-    return Endpoints(
-        bootstrap_servers=settings.bootstrap_servers,
-        postgres_dsn=postgres_dsn(settings),
-        kafka_credentials=credentials,
-    )
+    return endpoints(settings, credentials)
 
 
 def admin_client(
@@ -363,7 +417,7 @@ def locator_process(
     on_batch: Callable[[Totals], None] | None = None,
 ) -> LocatorProcess:
     """A ready-to-run locator: migrations applied, schemas published, clients built."""
-    apply_migrations(endpoints.postgres_dsn)
+    migrate(endpoints)
     names = topic_names(settings)
     avro = codec(settings)
     producer = clients.producer(endpoints.bootstrap_servers, **endpoints.kafka_config)
@@ -513,11 +567,11 @@ def state_subscriber(
 
     code = _state_code(f"{state_lgd:02d}", "--state")
     names = topic_names(settings)
-    dsn = (
-        settings.subscriber_postgres_dsn.get_secret_value()
-        if settings.subscriber_postgres_dsn is not None
-        else endpoints.postgres_dsn
-    )
+    # Its own database: one role, the state's business; the service's: the service's roles.
+    own = settings.subscriber_postgres_dsn
+    dsn = own.get_secret_value() if own is not None else endpoints.postgres_dsn
+    schema_dsn = own.get_secret_value() if own is not None else endpoints.owner_dsn
+    app_role = None if own is not None else endpoints.app_role
     # Under the state's own prefix, where the state's principal may have consumer groups.
     group = f"{settings.topic_prefix}state-{code:02d}.{settings.subscriber_group}"
     return StateSubscriber(
@@ -543,4 +597,6 @@ def state_subscriber(
             idle_exit_polls=idle_exit_polls,
             from_beginning=from_beginning,
         ),
+        schema_conninfo=schema_dsn,
+        app_role=app_role,
     )

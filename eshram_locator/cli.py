@@ -237,11 +237,24 @@ Workers = Annotated[int, typer.Option(min=1, help="Simulated registered workers.
 Months = Annotated[int, typer.Option(min=1, max=120, help="Simulated allocation months.")]
 Seed = Annotated[int, typer.Option(help="Seed of the simulated population (same seed, same data).")]
 OutDir = Annotated[Path, typer.Option(help="Where the ground-truth file is written.")]
+InjectAadhaar = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="Share of records given a raw Aadhaar-like number in a token or free-text field "
+        "(tests the Aadhaar guard: they must all end in the DLQ, masked).",
+    ),
+]
 
 
 @command(app, "simulate")
 def simulate_command(
-    workers: Workers = 20_000, months: Months = 12, seed: Seed = 7, out: OutDir = Path("out")
+    workers: Workers = 20_000,
+    months: Months = 12,
+    seed: Seed = 7,
+    out: OutDir = Path("out"),
+    inject_aadhaar: InjectAadhaar = 0.0,
 ) -> None:
     """Produce a simulated population to the input topics and write its ground truth."""
     from eshram_locator.kafka.publish import publish_simulation
@@ -252,7 +265,11 @@ def simulate_command(
     settings = _settings()
     endpoints = bootstrap.ensure_services(settings)
     bootstrap.provision(settings, endpoints.bootstrap_servers)
-    simulation = simulate(SimulationConfig(seed=seed, workers=workers, months=months))
+    simulation = simulate(
+        SimulationConfig(
+            seed=seed, workers=workers, months=months, aadhaar_injection_rate=inject_aadhaar
+        )
+    )
     out.mkdir(parents=True, exist_ok=True)
     truth = write_ground_truth(out / "ground-truth.jsonl", simulation.ground_truth())
     counts = publish_simulation(
@@ -268,7 +285,11 @@ def simulate_command(
 
 @command(app, "demo")
 def demo(
-    workers: Workers = 50_000, months: Months = 12, seed: Seed = 7, out: OutDir = Path("out")
+    workers: Workers = 50_000,
+    months: Months = 12,
+    seed: Seed = 7,
+    out: OutDir = Path("out"),
+    inject_aadhaar: InjectAadhaar = 0.0,
 ) -> None:
     """Start Kafka and Postgres, run the locator over a simulated population, print a summary."""
     from eshram_locator.demo import format_summary, run_simulated_pipeline
@@ -280,7 +301,12 @@ def demo(
     endpoints = bootstrap.ensure_services(settings, as_admin=True)
     typer.echo(f"kafka {endpoints.bootstrap_servers}, postgres {_mask(endpoints.postgres_dsn)}")
     result = run_simulated_pipeline(
-        settings, endpoints, SimulationConfig(seed=seed, workers=workers, months=months), out
+        settings,
+        endpoints,
+        SimulationConfig(
+            seed=seed, workers=workers, months=months, aadhaar_injection_rate=inject_aadhaar
+        ),
+        out,
     )
     typer.echo(format_summary(result))
 

@@ -52,6 +52,8 @@ class RunResult:
     produce_s: float
     locate_s: float
     ground_truth_path: Path
+    topic_prefix: str = ""
+    database: str = ""
     corridors_state: list[tuple[str, int]] = field(default_factory=list)
     corridors_district: list[tuple[str, int]] = field(default_factory=list)
 
@@ -81,8 +83,10 @@ def run_simulated_pipeline(
     prefix = f"{DEMO_PREFIX}{run_id}."
     database = f"{DEMO_DATABASE_PREFIX}{run_id}"
     admin = bootstrap.admin_client(endpoints.bootstrap_servers, endpoints.kafka_credentials)
-    drop_namespaces(admin, endpoints.postgres_dsn, DEMO_PREFIX, DEMO_DATABASE_PREFIX)
-    dsn = create_database(endpoints.postgres_dsn, database)
+    drop_namespaces(admin, endpoints.owner_dsn, DEMO_PREFIX, DEMO_DATABASE_PREFIX)
+    create_database(endpoints.owner_dsn, database)  # owned by the owner role
+    run_endpoints = endpoints.in_database(database)
+    dsn = run_endpoints.postgres_dsn
     run_settings = settings.model_copy(
         update={"topic_prefix": prefix, "consumer_group": f"demo-{run_id}"}
     )
@@ -94,9 +98,6 @@ def run_simulated_pipeline(
             settings.replication_factor,
             prefix=prefix,
         ),
-    )
-    run_endpoints = bootstrap.Endpoints(
-        endpoints.bootstrap_servers, dsn, endpoints.kafka_credentials
     )
     names = TopicNames(prefix)
     codec = bootstrap.codec(run_settings)
@@ -143,6 +144,8 @@ def run_simulated_pipeline(
         produce_s=produce_s,
         locate_s=max(locate_s, 0.0),
         ground_truth_path=truth_path,
+        topic_prefix=prefix,
+        database=database,
     )
     result.corridors_state, result.corridors_district = corridors(changes)
     return result
@@ -214,6 +217,7 @@ def format_summary(result: RunResult) -> str:
         *(f"  {count:>7,}  {corridor}" for corridor, count in result.corridors_district),
         "",
         f"ground truth: {result.ground_truth_path}",
+        f"run namespace: topics {result.topic_prefix}*, database {result.database}",
     ]
     return "\n".join(lines)
 

@@ -17,7 +17,7 @@ from typing import Any
 from eshram_locator import topics
 from eshram_locator.avro_codec import AvroCodec
 from eshram_locator.domain.aadhaar import mask_record, mask_text, may_hold_aadhaar, scan_record
-from eshram_locator.domain.model import RationCollection, WorkerRegistration
+from eshram_locator.domain.model import Location, RationCollection, WorkerRegistration
 from eshram_locator.errors import PermanentRecordError, RawAadhaarError, ValidationError
 from eshram_locator.postgres.store import OutboxRow
 from eshram_locator.records import ration_collection_from_avro, worker_registration_from_avro
@@ -63,6 +63,7 @@ def read_collection(codec: AvroCodec, message: RawMessage) -> RationCollection:
     key = (message.key or b"").decode("utf-8", errors="replace")
     if key != collection.member_ref:
         raise ValidationError("message key is not the record's member_ref")
+    _check_storable_collection(collection)
     return collection
 
 
@@ -78,7 +79,55 @@ def read_registration(codec: AvroCodec, message: RawMessage) -> WorkerRegistrati
     )
     if registration.uan != key:
         raise ValidationError("message key is not the record's uan")
+    _check_storable_registration(registration)
     return registration
+
+
+# --- what PostgreSQL can store: a record it would refuse must be dead-lettered here, or the
+# batch holding it would fail at every retry (a poison pill) -------------------------------------
+
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+
+def _check_text(*values: str | None) -> None:
+    """PostgreSQL text and jsonb cannot hold NUL (U+0000); Avro strings can."""
+    for value in values:
+        if value is not None and "\x00" in value:
+            raise ValidationError("a text field contains a NUL character")
+
+
+def _check_int32(value: int | None, field: str) -> None:
+    """Avro ``int`` is 32-bit, but a reader accepts any varint; PostgreSQL integer does not."""
+    if value is not None and not _INT32_MIN <= value <= _INT32_MAX:
+        raise ValidationError(f"{field} is outside the 32-bit range of an Avro int")
+
+
+def _check_location(location: Location, field: str) -> None:
+    _check_int32(location.district_lgd, f"{field}.district_lgd")
+    _check_int32(location.subdistrict_lgd, f"{field}.subdistrict_lgd")
+    _check_int32(location.village_town_lgd, f"{field}.village_town_lgd")
+    _check_text(location.pincode)
+
+
+def _check_storable_collection(collection: RationCollection) -> None:
+    _check_text(
+        collection.transaction_id,
+        collection.source,
+        collection.ration_card_id,
+        collection.member_ref,
+        collection.fps_id,
+    )
+    _check_location(collection.fps_location, "fps_location")
+    for item in collection.items:
+        _check_text(item.commodity, item.scheme)
+        _check_int32(item.quantity_grams, "items.quantity_grams")
+
+
+def _check_storable_registration(registration: WorkerRegistration) -> None:
+    _check_text(registration.member_ref, registration.occupation_nco)
+    _check_location(registration.permanent_address, "permanent_address")
+    if registration.present_address is not None:
+        _check_location(registration.present_address, "present_address")
 
 
 def decode_guarded(codec: AvroCodec, message: RawMessage, record: str) -> dict[str, Any]:

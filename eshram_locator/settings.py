@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from eshram_locator.errors import ConfigError
@@ -135,7 +135,11 @@ class Settings(BaseSettings):
     # --- PostgreSQL ------------------------------------------------------------------------
     postgres_dsn: SecretStr | None = Field(
         None,
-        description="libpq connection string of an external database. Unset: the project starts a local one.",
+        description="libpq connection string of an external database, as the service's application role (reads and writes rows, no DDL). Unset: the project starts a local one.",
+    )
+    postgres_owner_dsn: SecretStr | None = Field(
+        None,
+        description="libpq connection string, to the same database, of the role that owns the schema and runs the migrations. Unset: LOCATOR_POSTGRES_DSN (one role does both).",
     )
     postgres_port: int = Field(
         55432, ge=1024, le=65535, description="Port of the local PostgreSQL server."
@@ -144,6 +148,24 @@ class Settings(BaseSettings):
         "eshram_locator",
         pattern=r"^[a-z_][a-z0-9_]*$",
         description="Database created on the local server.",
+    )
+    postgres_owner_role: str = Field(
+        "eshram_owner",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="Role of the local server that owns the database and runs the migrations.",
+    )
+    postgres_owner_password: SecretStr | None = Field(
+        None,
+        description="Password of the local owner role. Unset: none (the local server trusts connections from 127.0.0.1).",
+    )
+    postgres_app_role: str = Field(
+        "eshram_app",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="Role of the local server the processes run as: SELECT, INSERT, UPDATE, DELETE on the service's tables, nothing else.",
+    )
+    postgres_app_password: SecretStr | None = Field(
+        None,
+        description="Password of the local application role. Unset: none (the local server trusts connections from 127.0.0.1).",
     )
 
     # --- Local services --------------------------------------------------------------------
@@ -200,6 +222,13 @@ class Settings(BaseSettings):
     def _group_is_a_name(cls, value: str) -> str:
         if not _TOPIC_NAME.match(value):
             raise ValueError("only letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("postgres_app_role")
+    @classmethod
+    def _app_role_differs(cls, value: str, info: ValidationInfo) -> str:
+        if value == info.data.get("postgres_owner_role"):
+            raise ValueError("the application role must not be the owner role")
         return value
 
     @field_validator("avro_dir")

@@ -41,7 +41,8 @@ def kafka_bootstrap(endpoints: bootstrap.Endpoints) -> str:
 
 @pytest.fixture(scope="session")
 def postgres_dsn(endpoints: bootstrap.Endpoints) -> str:
-    return endpoints.postgres_dsn
+    """The schema owner's DSN: it may create databases (and owns those it creates)."""
+    return endpoints.owner_dsn
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +97,8 @@ def _wait_listed(admin: AdminClient, name: str, timeout_s: float = 10.0) -> None
 
 @pytest.fixture
 def fresh_database(postgres_dsn: str, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A new empty database on the server for this test; yields its DSN, drops it after."""
+    """A new empty database on the server for this test, owned by the owner role; yields the
+    owner's DSN to it, drops it after."""
     name = _unique_name(request, "_")[:63]
     server_dsn = make_conninfo(postgres_dsn, dbname="postgres")
     with psycopg.connect(server_dsn, autocommit=True) as conn:

@@ -13,12 +13,14 @@ import os
 import pwd
 import stat
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import structlog
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from eshram_locator.errors import LocalServiceError
 from eshram_locator.local._common import file_lock, port_free, tail
@@ -30,6 +32,7 @@ DEBIAN_POSTGRES_ROOT = Path("/usr/lib/postgresql")
 # created root-owned 0755 and checked before use (see _make_dir).
 ROOT_DATA_PARENT = Path("/var/tmp/eshram-locator")  # noqa: S108  # reason above
 SERVER_USER = "postgres"
+SUPERUSER = "postgres"  # initdb -U postgres
 
 # Written on every start, included from postgresql.conf: the server's whole local configuration.
 _CONF_TEMPLATE = """# Written by eshram-locator on every start; edits are overwritten.
@@ -46,6 +49,14 @@ log_min_messages = warning
 log_line_prefix = '%m [%p] %q%u@%d '
 """
 _CONF_NAME = "eshram-locator.conf"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRole:
+    """A login role of the local server; ``password`` None: none (127.0.0.1 is trusted)."""
+
+    name: str
+    password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,15 +98,37 @@ class LocalPostgres:
         database: str,
         data_dir: Path,
         bin_dir: Path | None = None,
+        owner: LocalRole | None = None,
+        app: LocalRole | None = None,
     ) -> None:
         self.port = port
         self.database = database
         self.data_dir = data_dir
         self._bin_dir = bin_dir
         self._as_root = os.geteuid() == 0
+        self.owner = owner or LocalRole("eshram_owner")
+        self.app = app or LocalRole("eshram_app")
 
     def dsn(self, database: str | None = None) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database or self.database}"
+        """The superuser's DSN: server administration only (roles), never the service."""
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database or self.database}"
+
+    def owner_dsn(self, database: str | None = None) -> str:
+        """The owner role: owns the database, runs the migrations, creates run databases."""
+        return self._role_dsn(self.owner, database)
+
+    def app_dsn(self, database: str | None = None) -> str:
+        """The application role the processes run as: rows only, no DDL."""
+        return self._role_dsn(self.app, database)
+
+    def _role_dsn(self, role: LocalRole, database: str | None) -> str:
+        return make_conninfo(
+            host="127.0.0.1",
+            port=str(self.port),
+            dbname=database or self.database,
+            user=role.name,
+            **({"password": role.password} if role.password else {}),
+        )
 
     @property
     def _pgdata(self) -> Path:
@@ -240,19 +273,80 @@ class LocalPostgres:
         self._give_to_server_user(path)
 
     def _ensure_database(self) -> None:
+        """The two roles, and the database owned by the owner role (see ``_ensure_roles``)."""
         try:
             with psycopg.connect(self.dsn("postgres"), autocommit=True, connect_timeout=10) as conn:
+                self._ensure_roles(conn)
+                owner = sql.Identifier(self.owner.name)
                 exists = conn.execute(
                     "SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)
                 ).fetchone()
                 if exists is None:
-                    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database))
-                    conn.execute(create)
+                    conn.execute(
+                        sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                            sql.Identifier(self.database), owner
+                        )
+                    )
                     log.info("postgres.database_created", database=self.database)
+                else:
+                    conn.execute(
+                        sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                            sql.Identifier(self.database), owner
+                        )
+                    )
+            with psycopg.connect(self.dsn(), autocommit=True, connect_timeout=10) as conn:
+                self._hand_tables_to_owner(conn)
         except psycopg.Error as error:
             raise LocalServiceError(
                 f"could not create database {self.database!r} on port {self.port}: {error}"
             ) from error
+
+    def _ensure_roles(self, conn: psycopg.Connection[Any]) -> None:
+        """Create or update the owner and application roles (idempotent).
+
+        Owner: LOGIN CREATEDB (creates the demo's and the tests' run databases, which it then
+        owns), a member of ``pg_signal_backend`` (``DROP DATABASE ... WITH (FORCE)`` of a run
+        database ends the application role's sessions). Application: LOGIN only; what it may
+        touch is granted after each migration run (``postgres.migrate.grant_app_role``).
+        """
+        for role, attributes in (
+            (self.owner, sql.SQL("LOGIN CREATEDB NOSUPERUSER NOCREATEROLE NOREPLICATION")),
+            (self.app, sql.SQL("LOGIN NOCREATEDB NOSUPERUSER NOCREATEROLE NOREPLICATION")),
+        ):
+            name = sql.Identifier(role.name)
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role.name,))
+            verb = "ALTER" if exists.fetchone() else "CREATE"  # no CREATE ROLE IF NOT EXISTS
+            password = (
+                sql.SQL("PASSWORD {}").format(sql.Literal(role.password))
+                if role.password
+                else sql.SQL("PASSWORD NULL")
+            )
+            conn.execute(
+                sql.SQL("{} ROLE {} {} NOBYPASSRLS {}").format(
+                    sql.SQL(verb), name, attributes, password
+                )
+            )
+        conn.execute(
+            sql.SQL("GRANT pg_signal_backend TO {}").format(sql.Identifier(self.owner.name))
+        )
+
+    def _hand_tables_to_owner(self, conn: psycopg.Connection[Any]) -> None:
+        """Tables a superuser created in the database (clusters made before the roles existed)
+        pass to the owner role, which must own what it migrates and grants."""
+        tables = conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')"
+            " AND pg_get_userbyid(c.relowner) <> %s",
+            (self.owner.name,),
+        ).fetchall()
+        for (table,) in tables:
+            conn.execute(
+                sql.SQL("ALTER TABLE public.{} OWNER TO {}").format(
+                    sql.Identifier(table), sql.Identifier(self.owner.name)
+                )
+            )
+        if tables:
+            log.info("postgres.tables_handed_to_owner", tables=len(tables))
 
     def _run(self, program: str, *args: str) -> subprocess.CompletedProcess[str]:
         command = [str(self.bin_dir / program), *args]

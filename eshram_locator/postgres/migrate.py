@@ -3,6 +3,13 @@
 Each ``migrations/NNNN_name.sql`` runs once, in order, in its own transaction, recorded in
 ``schema_migrations``. Concurrent starters serialise on an advisory lock, so several locator
 processes starting together apply each migration exactly once.
+
+Least privilege: migrations run as the role that owns the schema; the processes run as an
+application role. After every migration run, ``grant_app_role`` gives that role what the
+processes need and nothing more, on every table in the schema, whichever migration made it
+(so a new migration file needs no GRANT of its own): SELECT, INSERT, UPDATE and DELETE on the
+tables, USAGE on the sequences (``bigserial``), nothing on ``schema_migrations``. No TRUNCATE,
+REFERENCES or TRIGGER, no CREATE on the schema, and not the owner, so no ALTER or DROP.
 """
 
 from __future__ import annotations
@@ -10,9 +17,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import psycopg
 import structlog
+from psycopg import sql
+
+from eshram_locator.errors import ConfigError
 
 log = structlog.get_logger(__name__)
 
@@ -41,9 +52,14 @@ def available_migrations() -> list[Migration]:
     return found
 
 
-def apply_migrations(conninfo: str, up_to: int | None = None) -> list[int]:
+def apply_migrations(
+    conninfo: str, app_role: str | None = None, *, up_to: int | None = None
+) -> list[int]:
     """Apply every pending migration (up to version ``up_to``, if given: tests of a migration
-    start from the schema before it); returns the versions applied now."""
+    start from the schema before it); returns the versions applied now.
+
+    ``conninfo`` is the owner role's; with ``app_role``, that role is then granted what the
+    processes need (``grant_app_role``), in the same advisory lock."""
     applied_now: list[int] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
@@ -65,6 +81,56 @@ def apply_migrations(conninfo: str, up_to: int | None = None) -> list[int]:
                     )
                 applied_now.append(migration.version)
                 log.info("migration_applied", version=migration.version, name=migration.name)
+            if app_role is not None:
+                grant_app_role(conn, app_role)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now
+
+
+_APP_TABLE_PRIVILEGES = sql.SQL("SELECT, INSERT, UPDATE, DELETE")
+
+
+def grant_app_role(
+    conn: psycopg.Connection[Any],
+    app_role: str,
+    private_tables: tuple[str, ...] = ("schema_migrations",),
+) -> None:
+    """Grant ``app_role`` rows-only access to every table of the current schema (one transaction).
+
+    Run as the schema's owner after each migration run: ``ON ALL TABLES`` covers the tables of
+    every migration so far, and the default privileges cover tables the owner creates later.
+    ``private_tables`` stay the owner's alone.
+    """
+    role = sql.Identifier(app_role)
+    with conn.transaction():
+        row = conn.execute("SELECT current_schema()").fetchone()
+        if row is None or row[0] is None:
+            raise ConfigError("the owner role's search_path names no schema to grant on")
+        schema = sql.Identifier(row[0])
+        statements = [
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(schema, role),
+            sql.SQL("GRANT {} ON ALL TABLES IN SCHEMA {} TO {}").format(
+                _APP_TABLE_PRIVILEGES, schema, role
+            ),
+            sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(schema, role),
+            sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT {} ON TABLES TO {}").format(
+                schema, _APP_TABLE_PRIVILEGES, role
+            ),
+            sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT USAGE ON SEQUENCES TO {}").format(
+                schema, role
+            ),
+        ]
+        for table in private_tables:
+            exists = conn.execute(
+                "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (row[0], table)
+            ).fetchone()
+            if exists is not None and exists[0] is not None:
+                statements.append(
+                    sql.SQL("REVOKE ALL ON TABLE {}.{} FROM {}").format(
+                        schema, sql.Identifier(table), role
+                    )
+                )
+        for statement in statements:
+            conn.execute(statement)
+    log.info("app_role_granted", role=app_role, schema=row[0])

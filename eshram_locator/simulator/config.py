@@ -69,6 +69,8 @@ class SimulationConfig:
     present_equals_permanent_share: float = 0.2  # present address filled in, same as permanent
     consent_share: float = 0.92
     sms_reachable_share: float = 0.85
+    # --- the Aadhaar guard's test input (leaks.py); 0 in a normal simulation ---
+    aadhaar_injection_rate: float = 0.0  # of records: a raw Aadhaar-like number in a field
     # --- rule numbers the ground truth assumes (rules.md defaults) ---
     confirm_months: int = 2
     max_gap_months: int = 3

@@ -51,6 +51,7 @@ from typing import NamedTuple
 from eshram_locator.domain.model import RationCollection, WorkerRegistration
 from eshram_locator.domain.months import month_from_index, month_index
 from eshram_locator.simulator.config import BEHAVIOURS, SimulationConfig
+from eshram_locator.simulator.leaks import AadhaarInjector
 from eshram_locator.simulator.planner import (
     ANY_DAY,
     AUTH_MODES,
@@ -118,6 +119,35 @@ class Simulation:
         return list(self._planned.truth)
 
     def messages(self) -> Iterator[SimMessage]:
+        """Registry snapshot, then month by month (shuffled within a month), then late ones.
+
+        With ``aadhaar_injection_rate`` > 0, that share of the records carries a raw
+        Aadhaar-like number (``leaks``): a leak into ``member_ref`` is in the key too.
+        """
+        clean = self._clean_messages()
+        rate = self.config.aadhaar_injection_rate
+        if rate <= 0:
+            return clean
+        return self._with_leaks(clean, AadhaarInjector(rate, self.config.seed))
+
+    def _with_leaks(
+        self, messages: Iterator[SimMessage], injector: AadhaarInjector
+    ) -> Iterator[SimMessage]:
+        for message in messages:
+            value = message.value
+            leaked = None if value is None else injector.leak(value)
+            if leaked is None or value is None:
+                yield message
+                continue
+            record, leak = leaked
+            key = (
+                record.member_ref
+                if leak.field == "member_ref" and message.topic == COLLECTIONS
+                else message.key
+            )
+            yield SimMessage(message.topic, key, record)
+
+    def _clean_messages(self) -> Iterator[SimMessage]:
         """Registry snapshot, then month by month (shuffled within a month), then late ones.
 
         A month's batch is shuffled as small integers (month, worker, position) and each record

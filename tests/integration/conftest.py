@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from consumers.locator import Totals
 from eshram_locator import bootstrap
@@ -80,9 +80,13 @@ def pipeline(
 ) -> Iterator[Pipeline]:
     test = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:30].strip("-")
     prefix = f"t-{test}-{uuid.uuid4().hex[:6]}."
+    # The processes run as the application role, migrations as the owner (one role when the
+    # configured database has only one).
+    live = endpoints.in_database(str(conninfo_to_dict(fresh_database)["dbname"]))
     settings = bootstrap.load_settings(
         topic_prefix=prefix,
-        postgres_dsn=fresh_database,
+        postgres_dsn=live.postgres_dsn,
+        postgres_owner_dsn=live.owner_dsn,
         kafka_bootstrap=endpoints.bootstrap_servers,
         consumer_group=f"locator-{uuid.uuid4().hex[:8]}",
         batch_timeout_s=0.25,
@@ -95,7 +99,6 @@ def pipeline(
         if ".state." not in spec.name  # the streams' fan-out topics are not needed here
     ]
     provision_topics(admin, specs)
-    live = bootstrap.Endpoints(endpoints.bootstrap_servers, fresh_database)
     try:
         yield Pipeline(settings, live, TopicNames(prefix), bootstrap.codec(settings))
     finally:
@@ -114,14 +117,14 @@ def reference(pipeline: Pipeline, admin: AdminClient, postgres_dsn: str) -> Iter
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     specs = [s for s in topic_specs(3, 2, 1, prefix=prefix) if ".state." not in s.name]
     provision_topics(admin, specs)
-    dsn = make_conninfo(postgres_dsn, dbname=database)
+    live = pipeline.endpoints.in_database(database)
     settings = pipeline.settings.model_copy(
         update={"topic_prefix": prefix, "consumer_group": f"reference-{suffix}"}
     )
     try:
         yield Pipeline(
             settings,
-            bootstrap.Endpoints(pipeline.endpoints.bootstrap_servers, dsn),
+            live,
             TopicNames(prefix),
             pipeline.codec,
         )

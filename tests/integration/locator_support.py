@@ -17,6 +17,7 @@ def locator_command(pipeline: Pipeline, *args: str) -> tuple[list[str], dict[str
         {
             "LOCATOR_TOPIC_PREFIX": pipeline.names.prefix,
             "LOCATOR_POSTGRES_DSN": pipeline.endpoints.postgres_dsn,
+            "LOCATOR_POSTGRES_OWNER_DSN": pipeline.endpoints.owner_dsn,
             "LOCATOR_KAFKA_BOOTSTRAP": pipeline.endpoints.bootstrap_servers,
             "LOCATOR_CONSUMER_GROUP": pipeline.settings.consumer_group,
             "LOCATOR_BATCH_SIZE": "250",

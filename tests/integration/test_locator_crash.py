@@ -20,9 +20,9 @@ from collections import defaultdict
 import psycopg
 import pytest
 
+from eshram_locator import bootstrap
 from eshram_locator.domain.model import ChangeType
 from eshram_locator.kafka.publish import publish_simulation
-from eshram_locator.postgres.migrate import apply_migrations
 from eshram_locator.records import location_changed_from_avro
 from eshram_locator.simulator.config import SimulationConfig
 from eshram_locator.simulator.population import simulate
@@ -48,7 +48,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_applies_nothing_twice(
 
     reference.run_locator()
 
-    apply_migrations(pipeline.endpoints.postgres_dsn)
+    bootstrap.migrate(pipeline.endpoints)
     rng = random.Random(5)
     kills = 0
     command, env = locator_command(pipeline)

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from eshram_locator import bootstrap
 from eshram_locator.kafka.publish import publish_simulation
-from eshram_locator.postgres.migrate import apply_migrations
 from eshram_locator.postgres.store import LocatorStore
 from eshram_locator.simulator.config import SimulationConfig
 from eshram_locator.simulator.population import simulate
@@ -42,7 +42,7 @@ def _wait_for_progress(pipeline: Pipeline, process: subprocess.Popen[bytes], abo
 def test_sigterm_finishes_the_batch_commits_and_exits_0_within_10_s(pipeline: Pipeline) -> None:
     simulation = simulate(POPULATION)
     publish_simulation(pipeline.producer(), pipeline.codec, pipeline.names, simulation.messages())
-    apply_migrations(pipeline.endpoints.postgres_dsn)
+    bootstrap.migrate(pipeline.endpoints)
     command, env = locator_command(pipeline)
     process = subprocess.Popen(command, env=env)
     try:
@@ -67,7 +67,7 @@ def test_two_processes_in_one_group_share_the_partitions_and_agree_with_one(
         publish_simulation(target.producer(), target.codec, target.names, simulation.messages())
     reference.run_locator()
 
-    apply_migrations(pipeline.endpoints.postgres_dsn)
+    bootstrap.migrate(pipeline.endpoints)
     command, env = locator_command(pipeline, "--until-idle")
     first = subprocess.Popen(command, env=env)
     second: subprocess.Popen[bytes] | None = None
