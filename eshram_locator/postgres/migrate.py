@@ -121,6 +121,11 @@ def grant_app_role(
                 schema, role
             ),
         ]
+        # Nothing of the service needs temporary tables (revoking needs the database owner).
+        database = sql.Identifier(conn.info.dbname)
+        statements.append(
+            sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC, {}").format(database, role)
+        )
         for table in private_tables:
             exists = conn.execute(
                 "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))", (row[0], table)

@@ -130,7 +130,7 @@ def table_values(dsn: str) -> Iterator[tuple[str, str | bytes]]:
                 "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
             )
         ]
-        assert "observations" in tables
+        assert "members" in tables
         for table in tables:
             cursor = conn.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(table)))
             columns = [column.name for column in cursor.description or []]
