@@ -376,6 +376,118 @@ class Child:
         return self.process.returncode
 
 
+class LocatorGroup:
+    """One locator child, or several in one consumer group (they share the partitions, as
+    several processes of the service do), seen as one: their totals add up, the run starts
+    at the first child's first message and ends at the batch that brings the sum of their
+    consumed messages to ``expected``. With one child, its own status is used as it is."""
+
+    def __init__(self, children: Sequence[Child]) -> None:
+        if not children:
+            raise ValueError("no locator child")
+        self.children = list(children)
+        self._cpu_at_first: float | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.children[0].pid
+
+    @property
+    def log_path(self) -> Path:
+        return self.children[0].log_path
+
+    def wait_each(
+        self, condition: Callable[[dict[str, Any]], bool], timeout_s: float, what: str
+    ) -> None:
+        for index, child in enumerate(self.children):
+            child.wait_for(condition, timeout_s, f"{what} (locator {index})")
+
+    def wait_first_message(self, timeout_s: float) -> None:
+        """Until any child has consumed its first message."""
+        self._wait(lambda statuses: any(s.get("first_at") for s in statuses), timeout_s, "first")
+        self._cpu_at_first = self._cpu_s()
+
+    def wait_consumed(self, total: int, timeout_s: float, what: str) -> dict[str, Any]:
+        """Until the children have consumed ``total`` messages between them; returns a status
+        shaped like one child's (``first_at`` and ``reached``)."""
+        if len(self.children) == 1:
+            return self.children[0].wait_for(
+                lambda s: s.get("consumed", 0) >= total and "reached" in s, timeout_s, what
+            )
+        statuses = self._wait(
+            lambda statuses: sum(s.get("consumed", 0) for s in statuses) >= total,
+            timeout_s,
+            what,
+        )
+        return self.combined(statuses)
+
+    def combined(self, statuses: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        started = [s for s in statuses if s.get("first_at")]
+        stages: dict[str, float] = {}
+        for status in started:
+            for stage, seconds in (status.get("stages_s") or {}).items():
+                stages[stage] = stages.get(stage, 0.0) + float(seconds)
+
+        def total(key: str) -> int:
+            return sum(int(s.get(key, 0)) for s in statuses)
+
+        return {
+            "first_at": min(float(s["first_at"]) for s in started),
+            "batch_size": statuses[0].get("batch_size"),
+            "reached": {
+                "at": max(float(s.get("last_batch_at", 0.0)) for s in started),
+                "consumed": total("consumed"),
+                "batches": total("batches"),
+                "changes": total("changes"),
+                "address_requests": total("address_requests"),
+                "dead_lettered": total("dead_lettered"),
+                "stages_s": stages,
+                "cpu_s": self._cpu_s() - (self._cpu_at_first or 0.0),
+                "vm_hwm_kb": total("vm_hwm_kb"),
+            },
+        }
+
+    def final(self) -> dict[str, Any]:
+        """After ``stop``: one child's status, or the group's (peaks summed)."""
+        if len(self.children) == 1:
+            return self.children[0].status()
+        statuses = [child.status() for child in self.children]
+        return {
+            "batch_size": statuses[0].get("batch_size"),
+            "vm_hwm_kb": sum(int(s.get("vm_hwm_kb") or 0) for s in statuses),
+            "vm_hwm_kb_each": [s.get("vm_hwm_kb") for s in statuses],
+            "rss_trace": [s.get("rss_trace") for s in statuses],
+            "stage_trace": [s.get("stage_trace") for s in statuses],
+        }
+
+    def stop(self) -> int:
+        return max(child.stop() for child in self.children)
+
+    def _cpu_s(self) -> float:
+        return sum(_process_cpu_s(child.pid) for child in self.children)
+
+    def _wait(
+        self,
+        condition: Callable[[list[dict[str, Any]]], bool],
+        timeout_s: float,
+        what: str,
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            statuses = [child.status() for child in self.children]
+            if all(statuses) and condition(statuses):
+                return statuses
+            for child in self.children:
+                if child.process.poll() is not None:
+                    raise RuntimeError(
+                        f"locator {what}: a child exited with {child.process.returncode};"
+                        f" see {child.log_path}"
+                    )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"locator {what}: not done within {timeout_s:.0f} s")
+            time.sleep(0.1)
+
+
 def locator_child_argv(
     namespace: Namespace,
     dsn: str,

@@ -9,7 +9,7 @@ import difflib
 import os
 import secrets
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ class Endpoints:
 
     bootstrap_servers: str
     postgres_dsn: str = field(repr=False)  # a DSN may carry a password
+    _: KW_ONLY  # the optional parts by name: positions here once mixed up owner and credentials
     postgres_owner_dsn: str | None = field(default=None, repr=False)
     # The principal the process authenticates as (scram profile); None: plaintext.
     kafka_credentials: KafkaCredentials | None = field(default=None, repr=False)
@@ -84,10 +85,10 @@ class Endpoints:
         return Endpoints(
             self.bootstrap_servers,
             make_conninfo(self.postgres_dsn, dbname=database),
-            None
+            postgres_owner_dsn=None
             if self.postgres_owner_dsn is None
             else make_conninfo(self.postgres_owner_dsn, dbname=database),
-            self.kafka_credentials,
+            kafka_credentials=self.kafka_credentials,
         )
 
 

@@ -65,7 +65,9 @@ class PrivateServices:
 
     def endpoints(self) -> bootstrap.Endpoints:
         return bootstrap.Endpoints(
-            self.kafka.bootstrap_servers, self.postgres.app_dsn(), self.postgres.owner_dsn()
+            self.kafka.bootstrap_servers,
+            self.postgres.app_dsn(),
+            postgres_owner_dsn=self.postgres.owner_dsn(),
         )
 
     def pipeline(self, name: str, state_topics: bool = False) -> Pipeline:

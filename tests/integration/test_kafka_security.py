@@ -77,7 +77,9 @@ class SecureBroker:
         }
 
     def endpoints(self, principal: str, dsn: str) -> bootstrap.Endpoints:
-        return bootstrap.Endpoints(self.bootstrap_servers, dsn, self.credentials(principal))
+        return bootstrap.Endpoints(
+            self.bootstrap_servers, dsn, kafka_credentials=self.credentials(principal)
+        )
 
 
 @pytest.fixture(scope="module")

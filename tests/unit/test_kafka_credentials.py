@@ -85,6 +85,6 @@ def test_client_settings_carry_scram_and_tls_only_with_a_ca_file(tmp_path: Path)
 
 def test_passwords_do_not_show_in_reprs() -> None:
     credentials = clients.KafkaCredentials("locator", SecretStr("pw-123"))
-    endpoints = bootstrap.Endpoints("broker:9093", "dbname=x", credentials)
+    endpoints = bootstrap.Endpoints("broker:9093", "dbname=x", kafka_credentials=credentials)
     assert "pw-123" not in repr(credentials)
     assert "pw-123" not in repr(endpoints)
