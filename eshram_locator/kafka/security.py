@@ -225,7 +225,28 @@ def _apply_users(
                 failures.append(f"{user}: {_reason(error)}")
         if failures:
             raise KafkaSecurityError("could not change SCRAM users: " + "; ".join(failures))
+        _await_users(admin, present=[*missing, *stale], absent=gone)
     return tuple(missing), tuple(stale), tuple(gone), len(present) - len(stale)
+
+
+def _await_users(admin: AdminClient, present: Iterable[str], absent: Iterable[str]) -> None:
+    """Until the broker describes the users as just altered. KRaft applies an alteration once
+    its metadata record is committed; a describe right after can still show the old state,
+    and the next ``apply`` would then redo it (or a client would fail to authenticate)."""
+    wanted, unwanted = set(present), set(absent)
+    deadline = time.monotonic() + _ADMIN_TIMEOUT_S
+    while True:
+        users = _scram_users(admin)
+        pending = {u for u in wanted if SCRAM_MECHANISM not in users.get(u, ())}
+        pending |= unwanted & set(users)
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise KafkaSecurityError(
+                f"SCRAM users not yet visible after {_ADMIN_TIMEOUT_S:.0f} s: "
+                + ", ".join(sorted(pending))
+            )
+        time.sleep(0.2)
 
 
 def _scram_users(admin: AdminClient) -> dict[str, tuple[str, ...]]:

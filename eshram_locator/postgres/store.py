@@ -253,24 +253,37 @@ class LocatorStore:
             )
 
     def update_derived(self, workers: Sequence[StoredWorker]) -> None:
-        """Recomputed workers whose derived state changed: one UPDATE for all of them."""
+        """Recomputed workers whose derived state changed: one UPDATE for all of them (every
+        column packed into one text parameter: see ``_pack``)."""
         if not workers:
             return
+        rs = _RECORD_SEPARATOR
         self._conn.execute(
-            "UPDATE workers AS w SET current_state_lgd = u.state,"
-            " current_district_lgd = u.district, last_address_request_at = u.requested,"
+            "UPDATE workers AS w SET current_state_lgd = u.state::smallint,"
+            " current_district_lgd = u.district::int,"
+            " last_address_request_at = nullif(u.requested, '')::timestamptz,"
             " active_event_ids = string_to_array(u.active, ' '),"
-            " profile = coalesce(u.profile, w.profile), updated_at = now()"
-            " FROM unnest(%s::text[], %s::smallint[], %s::int[], %s::timestamptz[], %s::text[],"
-            " %s::bytea[]) AS u(uan, state, district, requested, active, profile)"
+            " profile = coalesce(convert_to(nullif(u.profile, ''), 'UTF8'), w.profile),"
+            " updated_at = now()"
+            " FROM unnest(string_to_array(%s, %s), string_to_array(%s, ','),"
+            " string_to_array(%s, ','), string_to_array(%s, %s), string_to_array(%s, %s),"
+            " string_to_array(%s, %s)) AS u(uan, state, district, requested, active, profile)"
             " WHERE w.uan = u.uan",
             (
-                [w.uan for w in workers],
-                [w.current_state_lgd for w in workers],
-                [w.current_district_lgd for w in workers],
-                [w.last_address_request_at for w in workers],
-                [" ".join(w.active_event_ids) for w in workers],
-                [w.profile for w in workers],
+                *_pack([w.uan for w in workers]),
+                ",".join(str(w.current_state_lgd) for w in workers),
+                ",".join(str(w.current_district_lgd) for w in workers),
+                rs.join(
+                    ""
+                    if w.last_address_request_at is None
+                    else w.last_address_request_at.isoformat()
+                    for w in workers
+                ),
+                rs,
+                rs.join(" ".join(w.active_event_ids) for w in workers),
+                rs,
+                rs.join("" if w.profile is None else w.profile.decode() for w in workers),
+                rs,
             ),
         )
 
@@ -320,24 +333,30 @@ class LocatorStore:
             )
         if not changes:
             return
-        with self._conn.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO location_changes (event_id, uan, change_type, effective_month,"
-                " active, detected_at, body) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (event_id) DO UPDATE SET active = EXCLUDED.active",
-                [
-                    (
-                        c.event_id,
-                        c.uan,
-                        c.change_type,
-                        c.effective_month,
-                        c.active,
-                        c.detected_at,
-                        c.body,
-                    )
-                    for c in changes
-                ],
-            )
+        rs = _RECORD_SEPARATOR
+        self._conn.execute(
+            "INSERT INTO location_changes (event_id, uan, change_type, effective_month, active,"
+            " detected_at, body)"
+            " SELECT c.event_id::uuid, c.uan, c.change_type, c.month, c.active::boolean,"
+            " c.detected::timestamptz, decode(c.body, 'hex')"
+            " FROM unnest(string_to_array(%s, %s), string_to_array(%s, %s),"
+            " string_to_array(%s, %s), string_to_array(%s, %s), string_to_array(%s, %s),"
+            " string_to_array(%s, %s), string_to_array(%s, %s))"
+            " AS c(event_id, uan, change_type, month, active, detected, body)"
+            " ON CONFLICT (event_id) DO UPDATE SET active = EXCLUDED.active",
+            (
+                *_pack([c.event_id for c in changes]),
+                *_pack([c.uan for c in changes]),
+                *_pack([c.change_type for c in changes]),
+                *_pack([c.effective_month for c in changes]),
+                rs.join("true" if c.active else "false" for c in changes),
+                rs,
+                rs.join(c.detected_at.isoformat() for c in changes),
+                rs,
+                rs.join(c.body.hex() for c in changes),
+                rs,
+            ),
+        )
 
     # --- outbox and offsets ------------------------------------------------------------------
 
