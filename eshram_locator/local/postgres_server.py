@@ -306,7 +306,8 @@ class LocalPostgres:
 
         Owner: LOGIN CREATEDB (creates the demo's and the tests' run databases, which it then
         owns), a member of ``pg_signal_backend`` (``DROP DATABASE ... WITH (FORCE)`` of a run
-        database ends the application role's sessions). Application: LOGIN only; what it may
+        database ends the application role's sessions) and of ``pg_checkpoint`` (the bench's
+        preload checkpoints before it times anything). Application: LOGIN only; what it may
         touch is granted after each migration run (``postgres.migrate.grant_app_role``).
         """
         for role, attributes in (
@@ -326,9 +327,14 @@ class LocalPostgres:
                     sql.SQL(verb), name, attributes, password
                 )
             )
-        conn.execute(
-            sql.SQL("GRANT pg_signal_backend TO {}").format(sql.Identifier(self.owner.name))
-        )
+        for granted in ("pg_signal_backend", "pg_checkpoint"):  # pg_checkpoint: PostgreSQL 15+
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (granted,))
+            if exists.fetchone() is not None:
+                conn.execute(
+                    sql.SQL("GRANT {} TO {}").format(
+                        sql.Identifier(granted), sql.Identifier(self.owner.name)
+                    )
+                )
 
     def _hand_tables_to_owner(self, conn: psycopg.Connection[Any]) -> None:
         """Tables a superuser created in the database (clusters made before the roles existed)
