@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import defaultdict
 
 import psycopg
 
+from eshram_locator.domain.model import ChangeType
+from eshram_locator.records import location_changed_from_avro
 from tests.integration.conftest import Pipeline
 
 
@@ -59,3 +62,33 @@ def final_state(dsn: str) -> dict[str, object]:
             "observations": conn.execute(COUNT_OBSERVATIONS).fetchone(),
             "outbox": conn.execute("SELECT count(*) FROM outbox").fetchone(),
         }
+
+
+def published_once(target: Pipeline) -> dict[str, bytes]:
+    """event_id -> its payload on the central topic; fails if an event was published twice
+    with different bytes (a copy byte for byte is the at-least-once relay's right)."""
+    payloads: dict[str, set[bytes]] = defaultdict(set)
+    for _, value, _ in target.consume_all(target.names.location_changes):
+        event = location_changed_from_avro(target.codec.decode(value or b"", "LocationChanged")[1])
+        payloads[event.event_id].add(value or b"")
+    assert all(len(copies) == 1 for copies in payloads.values()), "an event changed on replay"
+    return {event_id: next(iter(copies)) for event_id, copies in payloads.items()}
+
+
+def holding(target: Pipeline) -> set[str]:
+    """The ids of the changes that still hold, read from the central topic as a consumer would."""
+    active: set[str] = set()
+    for _, value, _ in target.consume_all(target.names.location_changes, timeout_s=2):
+        event = location_changed_from_avro(target.codec.decode(value or b"", "LocationChanged")[1])
+        if event.change_type is ChangeType.RETRACTED:
+            active.discard(event.supersedes_event_id or "")
+        else:
+            active.add(event.event_id)
+    return active
+
+
+def address_requests(target: Pipeline) -> set[bytes]:
+    return {
+        value or b""
+        for _, value, _ in target.consume_all(target.names.address_update_requests, timeout_s=2)
+    }

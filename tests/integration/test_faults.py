@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,18 +23,24 @@ import pytest
 from psycopg import sql
 
 from eshram_locator import bootstrap
-from eshram_locator.domain.model import ChangeType, Location
+from eshram_locator.domain.model import Location
 from eshram_locator.kafka.publish import publish_simulation
 from eshram_locator.kafka.topics import provision_topics, topic_specs
 from eshram_locator.local.kafka_server import LocalKafka
 from eshram_locator.local.postgres_server import ROOT_DATA_PARENT, LocalPostgres, data_dir_for
-from eshram_locator.records import location_changed_from_avro
 from eshram_locator.settings import Settings
 from eshram_locator.simulator.config import SimulationConfig
 from eshram_locator.simulator.population import simulate
 from eshram_locator.topics import TopicNames
 from tests.integration.conftest import Pipeline
-from tests.integration.locator_support import committed, final_state, locator_command
+from tests.integration.locator_support import (
+    address_requests,
+    committed,
+    final_state,
+    holding,
+    locator_command,
+    published_once,
+)
 from tests.integration.test_streams_recovery import (
     expected_flows,
     latest_flows,
@@ -162,36 +168,9 @@ def _compare_with_reference(pipeline: Pipeline, reference: Pipeline, total: int)
     assert interrupted == clean
     assert interrupted["outbox"] == (0,)
 
-    # The interrupted run's output: each event once, or repeated byte for byte.
-    payloads: dict[str, set[bytes]] = defaultdict(set)
-    for _, value, _ in pipeline.consume_all(pipeline.names.location_changes):
-        event = location_changed_from_avro(
-            pipeline.codec.decode(value or b"", "LocationChanged")[1]
-        )
-        payloads[event.event_id].add(value or b"")
-    assert all(len(copies) == 1 for copies in payloads.values())
-
-    def holding(target: Pipeline) -> set[str]:
-        active: set[str] = set()
-        for _, value, _ in target.consume_all(target.names.location_changes, timeout_s=2):
-            event = location_changed_from_avro(
-                target.codec.decode(value or b"", "LocationChanged")[1]
-            )
-            if event.change_type is ChangeType.RETRACTED:
-                active.discard(event.supersedes_event_id or "")
-            else:
-                active.add(event.event_id)
-        return active
-
+    published_once(pipeline)  # each event once, or repeated byte for byte
     assert holding(pipeline) == holding(reference)
-
-    def requests(target: Pipeline) -> set[bytes]:
-        return {
-            value or b""
-            for _, value, _ in target.consume_all(target.names.address_update_requests, timeout_s=2)
-        }
-
-    assert requests(pipeline) == requests(reference)
+    assert address_requests(pipeline) == address_requests(reference)
 
 
 @pytest.mark.parametrize("server", ["kafka", "postgres"])

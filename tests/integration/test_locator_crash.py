@@ -15,19 +15,23 @@ import random
 import signal
 import subprocess
 import time
-from collections import defaultdict
 
 import psycopg
 import pytest
 
 from eshram_locator import bootstrap
-from eshram_locator.domain.model import ChangeType
 from eshram_locator.kafka.publish import publish_simulation
-from eshram_locator.records import location_changed_from_avro
 from eshram_locator.simulator.config import SimulationConfig
 from eshram_locator.simulator.population import simulate
 from tests.integration.conftest import Pipeline
-from tests.integration.locator_support import committed, final_state, locator_command
+from tests.integration.locator_support import (
+    address_requests,
+    committed,
+    final_state,
+    holding,
+    locator_command,
+    published_once,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -85,43 +89,17 @@ def test_sigkill_at_random_moments_loses_nothing_and_applies_nothing_twice(
     assert crashed["outbox"] == (0,)
 
     # The crash run's output: every event at most once, or repeated byte for byte.
-    published = pipeline.consume_all(pipeline.names.location_changes)
-    payloads: dict[str, set[bytes]] = defaultdict(set)
-    for _, value, _ in published:
-        event = location_changed_from_avro(
-            pipeline.codec.decode(value or b"", "LocationChanged")[1]
-        )
-        payloads[event.event_id].add(value or b"")
-    assert all(len(copies) == 1 for copies in payloads.values())
     with psycopg.connect(pipeline.endpoints.postgres_dsn) as conn:
         recorded = {
             str(row[0]): bytes(row[1])
             for row in conn.execute("SELECT event_id::text, body FROM location_changes")
         }
-    assert {event_id: next(iter(copies)) for event_id, copies in payloads.items()} == recorded
+    assert published_once(pipeline) == recorded
 
     # What holds at the end is the same in both runs, and so are the address requests.
-    def holding(target: Pipeline) -> set[str]:
-        active: set[str] = set()
-        for _, value, _ in target.consume_all(target.names.location_changes):
-            event = location_changed_from_avro(
-                target.codec.decode(value or b"", "LocationChanged")[1]
-            )
-            if event.change_type is ChangeType.RETRACTED:
-                active.discard(event.supersedes_event_id or "")
-            else:
-                active.add(event.event_id)
-        return active
-
     assert holding(pipeline) == holding(reference)
     assert holding(pipeline) == {row[0] for row in crashed["active_changes"]}  # type: ignore[attr-defined]
 
-    def requests(target: Pipeline) -> set[bytes]:
-        return {
-            value or b""
-            for _, value, _ in target.consume_all(target.names.address_update_requests, timeout_s=2)
-        }
-
-    crash_requests = requests(pipeline)
+    crash_requests = address_requests(pipeline)
     assert crash_requests  # the population has workers whose present address is stale
-    assert crash_requests == requests(reference)
+    assert crash_requests == address_requests(reference)
