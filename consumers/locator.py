@@ -310,7 +310,7 @@ class LocatorProcess:
 
         purged = self._with_store(purge)
         if purged:
-            log.info("unregistered_purged", observations=purged)
+            log.info("unregistered_purged", members=purged)
 
 
 # Errors a broker restart or a network blip cause; librdkafka recovers from them. Anything else
