@@ -240,17 +240,23 @@ def _bar(total: int, label: str, enabled: bool) -> tqdm[None] | _NoBar:
 
 
 def drop_namespaces(admin: AdminClient, dsn: str, topic_prefix: str, database_prefix: str) -> None:
-    """Delete the topics and databases of earlier runs (names starting with the prefixes)."""
+    """Delete the topics and databases of earlier runs (names starting with the prefixes).
+
+    Only the databases this role owns: one made by another role (a run from before the owner
+    and application roles existed) is left, with a warning that names it."""
     old_topics = [t for t in admin.list_topics(timeout=30).topics if t.startswith(topic_prefix)]
     if old_topics:
         for future in admin.delete_topics(old_topics, operation_timeout=60).values():
             future.result()
     with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE %s",
+            "SELECT datname, pg_has_role(datdba, 'USAGE') FROM pg_database WHERE datname LIKE %s",
             (database_prefix.replace("_", r"\_") + "%",),
         ).fetchall()
-        for (name,) in rows:
+        for name, owned in rows:
+            if not owned:
+                log.warning("old_database_kept", database=name, reason="owned by another role")
+                continue
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
