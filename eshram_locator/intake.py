@@ -110,11 +110,10 @@ def _check_location(location: Location, field: str) -> None:
 
 
 def _check_storable_collection(collection: RationCollection) -> None:
-    _check_text(
+    _check_text(  # member_ref: records rejects any control character in it already
         collection.transaction_id,
         collection.source,
         collection.ration_card_id,
-        collection.member_ref,
         collection.fps_id,
     )
     _check_location(collection.fps_location, "fps_location")
@@ -124,7 +123,7 @@ def _check_storable_collection(collection: RationCollection) -> None:
 
 
 def _check_storable_registration(registration: WorkerRegistration) -> None:
-    _check_text(registration.member_ref, registration.occupation_nco)
+    _check_text(registration.occupation_nco)  # member_ref: checked by records
     _check_location(registration.permanent_address, "permanent_address")
     if registration.present_address is not None:
         _check_location(registration.present_address, "present_address")

@@ -336,8 +336,8 @@ class Locator:
         present = stored["r"]
         return WorkerProfile(
             uan=worker.uan,
-            permanent_address=_location(stored["p"]),
-            present_address=None if present is None else _location(present),
+            permanent_address=Location.from_list(stored["p"]),
+            present_address=None if present is None else Location.from_list(present),
             sms_reachable=stored["s"],
             baselines=baselines,
         )
@@ -357,25 +357,11 @@ def profile_json(permanent: Location, present: Location | None, sms_reachable: b
     """What the rules need of a registration, for ``workers.profile`` (migration 0002)."""
     return orjson.dumps(
         {
-            "p": _location_json(permanent),
-            "r": None if present is None else _location_json(present),
+            "p": permanent.as_list(),
+            "r": None if present is None else present.as_list(),
             "s": sms_reachable,
         }
     )
-
-
-def _location_json(location: Location) -> list[Any]:
-    return [
-        location.state_lgd,
-        location.district_lgd,
-        location.subdistrict_lgd,
-        location.village_town_lgd,
-        location.pincode,
-    ]
-
-
-def _location(stored: list[Any]) -> Location:
-    return Location(*stored)
 
 
 def _in_content_order(collections: Sequence[RationCollection]) -> Sequence[RationCollection]:

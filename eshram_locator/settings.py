@@ -179,9 +179,7 @@ class Settings(BaseSettings):
     )
 
     # --- Locator ---------------------------------------------------------------------------
-    batch_size: int = Field(
-        10_000, ge=1, le=1_000_000, description="Messages consumed per batch."
-    )
+    batch_size: int = Field(10_000, ge=1, le=1_000_000, description="Messages consumed per batch.")
     batch_timeout_s: float = Field(
         0.1, gt=0, le=60, description="Longest wait for a batch to fill."
     )

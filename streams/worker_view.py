@@ -162,19 +162,11 @@ def _entry(event: LocationChanged, event_id: str, kind: ChangeType, *, active: b
 
 
 def _location_to_json(location: Location | None) -> list[Any] | None:
-    if location is None:
-        return None
-    return [
-        location.state_lgd,
-        location.district_lgd,
-        location.subdistrict_lgd,
-        location.village_town_lgd,
-        location.pincode,
-    ]
+    return None if location is None else location.as_list()
 
 
 def _location_from_json(data: list[Any] | None) -> Location | None:
-    return None if data is None else Location(*data)
+    return None if data is None else Location.from_list(data)
 
 
 def _entry_to_json(change: ChangeEntry) -> dict[str, Any]:

@@ -7,10 +7,11 @@ field here exists in the ``.avsc`` files and the other way round.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 RULE_VERSION = "v1"
 
@@ -73,6 +74,20 @@ class Location:
     @property
     def district(self) -> District:
         return District(self.state_lgd, self.district_lgd)
+
+    def as_list(self) -> list[int | str | None]:
+        """Its fields in order: the compact JSON form the stores keep (``from_list`` reads it)."""
+        return [
+            self.state_lgd,
+            self.district_lgd,
+            self.subdistrict_lgd,
+            self.village_town_lgd,
+            self.pincode,
+        ]
+
+    @classmethod
+    def from_list(cls, stored: Sequence[Any]) -> Location:
+        return cls(*stored)
 
 
 @dataclass(frozen=True, slots=True)

@@ -345,15 +345,20 @@ def history_of(observations: Iterable[Observation]) -> MemberHistory:
     """Rule 8 then the month summaries: each transaction_id counted once (the smallest content)."""
     history = MemberHistory()
     for observation in _dedupe(observations):
-        history.add(
-            observation.transaction_id,
-            observation.allocation_month,
-            epoch_us(observation.transacted_at),
-            observation.is_presence,
-            observation.fps_id,
-            observation.fps_location,
-        )
+        add_observation(history, observation)
     return history
+
+
+def add_observation(history: MemberHistory, observation: Observation) -> bool:
+    """``MemberHistory.add`` of one observation; False when its transaction was counted."""
+    return history.add(
+        observation.transaction_id,
+        observation.allocation_month,
+        epoch_us(observation.transacted_at),
+        observation.is_presence,
+        observation.fps_id,
+        observation.fps_location,
+    )
 
 
 def derive_timeline(

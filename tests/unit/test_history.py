@@ -9,12 +9,13 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eshram_locator.domain.history import MemberHistory, epoch_us, may_move, transaction_digest
+from eshram_locator.domain.history import MemberHistory, may_move, transaction_digest
 from eshram_locator.domain.model import District, Location
 from eshram_locator.domain.rules import (
     Observation,
     RuleParams,
     WorkerProfile,
+    add_observation,
     derive_from_history,
     derive_timeline,
     history_of,
@@ -22,17 +23,6 @@ from eshram_locator.domain.rules import (
 from tests.unit.test_rules_properties import observation_sets, profiles
 
 SETTINGS = settings(max_examples=200, deadline=None)
-
-
-def _add(history: MemberHistory, observation: Observation) -> bool:
-    return history.add(
-        observation.transaction_id,
-        observation.allocation_month,
-        epoch_us(observation.transacted_at),
-        observation.is_presence,
-        observation.fps_id,
-        observation.fps_location,
-    )
 
 
 @SETTINGS
@@ -49,7 +39,7 @@ def test_adding_in_any_order_and_any_batches_gives_the_same_history(
         stored = json.loads(json.dumps(history.to_json()))
         history = MemberHistory.from_json(stored)
         for observation in shuffled[start:end]:
-            _add(history, observation)
+            add_observation(history, observation)
         start = end
     assert history == history_of(observations)
 
@@ -62,7 +52,7 @@ def test_a_replayed_transaction_changes_nothing(
     history = history_of(observations)
     before = history.to_json()
     for observation in data.draw(st.lists(st.sampled_from(observations))) if observations else []:
-        assert not _add(history, observation)
+        assert not add_observation(history, observation)
     assert history.to_json() == before
 
 
@@ -119,7 +109,7 @@ def test_when_may_move_says_no_the_timeline_keeps_its_changes_and_district(
     timeline = derive_from_history(profile, history, params)
     before = {o.allocation_month: history.month_district(o.allocation_month) for o in batch}
     for observation in batch:
-        _add(history, observation)
+        add_observation(history, observation)
     rebaselines = profile.baseline_history[1:]
     last_rebaseline = rebaselines[-1][0] if rebaselines else None
     if may_move(history, before, timeline.current_location.district, last_rebaseline):
