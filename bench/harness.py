@@ -708,8 +708,7 @@ def postgres_footprint(dsn: str) -> Footprint:
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(
             "SELECT (SELECT count(*) FROM workers),"
-            " (SELECT coalesce(sum(jsonb_array_length("
-            "   convert_from(history, 'UTF8')::jsonb -> 's')), 0) FROM members),"
+            " (SELECT coalesce(sum(history_transactions(history)), 0) FROM members),"
             " (SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0)"
             "  FROM unnest(%s::text[]) AS t), pg_database_size(current_database())",
             (list(LOCATOR_TABLES),),

@@ -103,16 +103,20 @@ class Locator:
             registry_refs.update(u.registration.member_ref for u in registry if u.registration)
         members = store.lock_members({c.member_ref for c in collections} | registry_refs)
 
-        affected = self._apply_registry(store, registry, outcome)
+        affected, fresh = self._apply_registry(store, registry, outcome)
         if registry_refs:  # their uan and worker rows may have changed: read them again
-            members.update(store.members(sorted(registry_refs)))
+            read = {ref: members[ref].history for ref in registry_refs}
+            members.update(store.members(sorted(registry_refs), histories=read))
 
         changed, moved = self._add_collections(members, collections, outcome)
         store.save_histories([(ref, members[ref].history) for ref in sorted(changed)])
         targets = [
             row
             for ref, row in sorted(members.items())
-            if row.worker is not None and (ref in moved or row.worker.uan in affected)
+            if row.worker is not None
+            and (ref in moved or row.worker.uan in affected)
+            # a first registration with nothing collected yet is stored as its baseline
+            and not (row.worker.uan in fresh and not row.history)
         ]
         return outcome, self._recompute(store, targets, now, outcome)
 
@@ -178,12 +182,14 @@ class Locator:
 
     def _apply_registry(
         self, store: LocatorStore, registry: Sequence[RegistryUpdate], outcome: BatchOutcome
-    ) -> set[str]:
-        """Apply registry records in order; returns the uans whose timeline must be recomputed."""
+    ) -> tuple[set[str], set[str]]:
+        """Apply registry records in order. Returns the uans whose timeline must be recomputed,
+        and those of them registered for the first time in this batch."""
         if not registry:
-            return set()
+            return set(), set()
         current = store.workers({update.uan for update in registry}, lock=True)
         affected: set[str] = set()
+        fresh: set[str] = set()
         deletions: list[tuple[str, str, datetime]] = []
         member_assignments: dict[str, str | None] = {}  # the last word per member wins
         saved: dict[str, StoredWorker] = {}
@@ -196,6 +202,7 @@ class Locator:
                     saved.pop(update.uan, None)
                     current.pop(update.uan, None)
                     affected.discard(update.uan)
+                    fresh.discard(update.uan)
                     outcome.deregistrations += 1
                 continue
             new = update.registration
@@ -208,6 +215,8 @@ class Locator:
             if old is not None and old.member_ref != new.member_ref:
                 member_assignments[old.member_ref] = None
             member_assignments[new.member_ref] = new.uan
+            if old is None:
+                fresh.add(new.uan)
             baseline = new.baseline
             saved[new.uan] = StoredWorker(
                 uan=new.uan,
@@ -233,7 +242,7 @@ class Locator:
         store.set_member_uans(list(member_assignments.items()))
         store.delete_workers([d for d in deletions if d[0] not in saved])
         store.save_workers(list(saved.values()))
-        return affected
+        return affected, fresh
 
     # --- rules 1-9, 12: recompute the affected workers ----------------------------------------
 

@@ -19,10 +19,13 @@ maximum.
 from __future__ import annotations
 
 import hashlib
+import struct
 from bisect import insort
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import orjson
 
 from eshram_locator.domain.model import District, Location
 
@@ -35,6 +38,14 @@ _TRANSACTIONS, _FPS_IDS, _PRESENCE = 0, 1, 2
 _STATE, _DISTRICT, _COUNT, _LATEST_US, _LATEST_KEY, _SUBDISTRICT, _VILLAGE, _PINCODE = range(8)
 
 MonthEntry = list[Any]
+
+# The stored form (``MemberHistory.to_bytes``): format tag and digest count, the digests
+# (big-endian int64), then one line per month in month order, separated by a newline (JSON
+# text holds none): "YYYY-MM", "1" if the month has presence else "0", the month entry as JSON.
+_FORMAT = 1
+_HEADER = struct.Struct(">BI")
+_MONTH_BYTES = 7
+_PRESENT, _ABSENT, _LINE_END = b"1", b"0", b"\n"
 
 
 def transaction_digest(key: str) -> int:
@@ -52,36 +63,89 @@ def epoch_us(instant: datetime) -> int:
 
 
 class MemberHistory:
-    """The month summaries of one member and the digests of the transactions they count."""
+    """The month summaries of one member and the digests of the transactions they count.
 
-    __slots__ = ("months", "seen")
+    Stored (``to_bytes``) so that a batch pays only for the months it touches: the digests as
+    packed 64-bit integers, then one line per month (the month, whether it has presence, its
+    summary as JSON). ``from_bytes`` parses a month's JSON when it is first read;
+    ``to_bytes`` writes back the untouched months as they were read.
+    """
 
-    def __init__(
-        self, seen: Iterable[int] = (), months: dict[str, MonthEntry] | None = None
-    ) -> None:
-        self.seen: set[int] = set(seen)
-        self.months: dict[str, MonthEntry] = {} if months is None else months
+    __slots__ = ("_changed", "_digests", "_lines", "_months", "_new_digests", "_seen")
+
+    def __init__(self) -> None:
+        self._digests = b""  # the packed digests read from storage
+        self._seen: set[int] = set()
+        self._new_digests: list[int] = []  # counted since, in order
+        self._lines: dict[str, bytes] = {}  # month -> its stored line
+        self._months: dict[str, MonthEntry] = {}  # parsed months
+        self._changed: set[str] = set()  # parsed months changed since read
 
     # --- storage form --------------------------------------------------------------------
 
     @classmethod
-    def from_json(cls, stored: Any) -> MemberHistory:
-        """From ``to_json()``'s value, as any JSON library reads it back."""
+    def from_bytes(cls, stored: bytes) -> MemberHistory:
+        """From ``to_bytes()``'s value."""
+        history = cls()
         if not stored:
-            return cls()
-        return cls(stored["s"], stored["m"])
+            return history
+        tag, count = _HEADER.unpack_from(stored)
+        if tag != _FORMAT:
+            raise ValueError(f"not a stored member history (format {tag})")
+        at = _HEADER.size + 8 * count
+        history._digests = digests = stored[_HEADER.size : at]
+        history._seen = set(struct.unpack(f">{count}q", digests))
+        if len(stored) > at:
+            history._lines = {
+                line[:_MONTH_BYTES].decode(): line for line in stored[at:].split(_LINE_END)
+            }
+        return history
 
-    def to_json(self) -> dict[str, Any]:
-        return {"s": list(self.seen), "m": self.months}
+    def to_bytes(self) -> bytes:
+        lines = self._lines
+        if self._changed:
+            lines = dict(lines)
+            for month in self._changed:
+                key = month.encode()
+                if len(key) != _MONTH_BYTES:
+                    raise ValueError(f"not a YYYY-MM month: {month!r}")
+                entry = self._months[month]
+                lines[month] = b"".join(
+                    (key, _PRESENT if entry[_PRESENCE] else _ABSENT, orjson.dumps(entry))
+                )
+        digests = self._digests
+        if self._new_digests:
+            digests += struct.pack(f">{len(self._new_digests)}q", *self._new_digests)
+        return b"".join(
+            (
+                _HEADER.pack(_FORMAT, len(digests) // 8),
+                digests,
+                _LINE_END.join([lines[month] for month in sorted(lines)]),
+            )
+        )
+
+    def _entry(self, month: str) -> MonthEntry | None:
+        entry = self._months.get(month)
+        if entry is None:
+            line = self._lines.get(month)
+            if line is None:
+                return None
+            entry = self._months[month] = orjson.loads(line[_MONTH_BYTES + 1 :])
+        return entry
+
+    def _all_months(self) -> dict[str, MonthEntry]:
+        for month in self._lines.keys() - self._months.keys():
+            self._entry(month)
+        return self._months
 
     def __len__(self) -> int:
         """How many distinct transactions the history counts."""
-        return len(self.seen)
+        return len(self._seen)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MemberHistory):
             return NotImplemented
-        return self.seen == other.seen and self.months == other.months
+        return self._seen == other._seen and self._all_months() == other._all_months()
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 
@@ -98,12 +162,14 @@ class MemberHistory:
     ) -> bool:
         """Count one transaction; False (and nothing changes) when its key was counted before."""
         digest = transaction_digest(key)
-        if digest in self.seen:
+        if digest in self._seen:
             return False
-        self.seen.add(digest)
-        entry = self.months.get(allocation_month)
+        self._seen.add(digest)
+        self._new_digests.append(digest)
+        entry = self._entry(allocation_month)
         if entry is None:
-            entry = self.months[allocation_month] = [0, [], []]
+            entry = self._months[allocation_month] = [0, [], []]
+        self._changed.add(allocation_month)
         entry[_TRANSACTIONS] += 1
         fps_ids: list[str] = entry[_FPS_IDS]
         if fps_id not in fps_ids:
@@ -140,7 +206,7 @@ class MemberHistory:
 
     def observed_months(self) -> list[tuple[str, District]]:
         """Rule 3: (month, monthly district) for each month with presence, in month order."""
-        months = self.months
+        months = self._all_months()
         found = []
         for month in sorted(months):
             places = months[month][_PRESENCE]
@@ -150,7 +216,7 @@ class MemberHistory:
 
     def month_district(self, month: str) -> District | None:
         """Rule 3 for one month: its monthly district, None when it has no presence."""
-        entry = self.months.get(month)
+        entry = self._entry(month)
         if entry is None or not entry[_PRESENCE]:
             return None
         return _monthly_district(entry[_PRESENCE])
@@ -160,7 +226,7 @@ class MemberHistory:
         (ties on the time: the greatest transaction key)."""
         best: list[Any] | None = None
         for month in months:
-            for place in self.months[month][_PRESENCE]:
+            for place in self._month(month)[_PRESENCE]:
                 if place[_STATE] != district.state_lgd or place[_DISTRICT] != district.district_lgd:
                     continue
                 if best is None or (place[_LATEST_US], place[_LATEST_KEY]) > (
@@ -179,10 +245,27 @@ class MemberHistory:
         count = 0
         shops: set[str] = set()
         for month in months:
-            entry = self.months[month]
+            entry = self._month(month)
             count += entry[_TRANSACTIONS]
             shops.update(entry[_FPS_IDS])
         return count, tuple(sorted(shops))
+
+    def _month(self, month: str) -> MonthEntry:
+        entry = self._entry(month)
+        if entry is None:
+            raise KeyError(month)
+        return entry
+
+    def months_with_presence(self) -> list[str]:
+        """The months in which the member was present somewhere (rule 1), in no order."""
+        months = self._months
+        found = [month for month, entry in months.items() if entry[_PRESENCE]]
+        found.extend(
+            month
+            for month, line in self._lines.items()
+            if line[_MONTH_BYTES] == _PRESENT[0] and month not in months
+        )
+        return found
 
 
 def may_move(
@@ -225,8 +308,8 @@ def _last_observed_before(history: MemberHistory, before: dict[str, District | N
     had presence before exactly when its ``before`` district is not None."""
     observed = [
         month
-        for month, entry in history.months.items()
-        if entry[_PRESENCE] and (month not in before or before[month] is not None)
+        for month in history.months_with_presence()
+        if month not in before or before[month] is not None
     ]
     return max(observed, default="")
 

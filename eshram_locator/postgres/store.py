@@ -8,7 +8,7 @@ which a batch's state, its outgoing events (the outbox) and the consumer offsets
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg.rows import TupleRow, class_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import set_json_loads
 
 from eshram_locator.domain.history import MemberHistory
 
@@ -99,8 +99,20 @@ def _pack(keys: Sequence[str]) -> tuple[str, str]:
     return joined, _UNIT_SEPARATOR
 
 
+def _pack_texts(values: Iterable[str]) -> tuple[str, str]:
+    """Texts that may be empty as one parameter for ``string_to_array(%s, %s)``, each element
+    read back with ``substr(element, 2)``: every text gets a one-character prefix, because
+    ``string_to_array`` turns a lone empty text into an empty array, not an array of one. No
+    text holds a control character (timestamps, event ids, JSON text)."""
+    return _RECORD_SEPARATOR.join(f".{value}" for value in values), _RECORD_SEPARATOR
+
+
 def _dumps_text(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def _timestamp_text(instant: datetime | None) -> str:
+    return "" if instant is None else instant.isoformat()
 
 
 def observation_key(source: str, transaction_id: str) -> str:
@@ -113,7 +125,7 @@ class LocatorStore:
 
     def __init__(self, conn: psycopg.Connection[TupleRow]) -> None:
         self._conn = conn
-        psycopg.types.json.set_json_loads(orjson.loads, conn)
+        set_json_loads(orjson.loads, conn)
 
     @classmethod
     def connect(cls, conninfo: str) -> LocatorStore:
@@ -156,26 +168,39 @@ class LocatorStore:
             found.update(self.members(unseen, lock=True))
         return found
 
-    def members(self, member_refs: Sequence[str], *, lock: bool = False) -> dict[str, MemberRow]:
-        """The given members (sorted, optionally locked), each with its worker row if any."""
+    def members(
+        self,
+        member_refs: Sequence[str],
+        *,
+        lock: bool = False,
+        histories: Mapping[str, MemberHistory] | None = None,
+    ) -> dict[str, MemberRow]:
+        """The given members (sorted, optionally locked), each with its worker row if any.
+
+        ``histories``: the members' histories as already read in this transaction; they are
+        not read again (a history deleted since comes back empty)."""
+        history = "m.history" if histories is None else "m.history IS NULL"
         query = (
-            "SELECT m.member_ref, m.uan, m.deregistered_at, m.history, "
-            + _HOT_WORKER_COLUMNS
-            + " FROM members m LEFT JOIN workers w ON w.uan = m.uan"
+            f"SELECT m.member_ref, m.uan, m.deregistered_at, {history}, {_HOT_WORKER_COLUMNS}"
+            " FROM members m LEFT JOIN workers w ON w.uan = m.uan"
             " WHERE m.member_ref = ANY(string_to_array(%s, %s)) ORDER BY m.member_ref"
         )
         if lock:
             query += " FOR UPDATE OF m"
         found: dict[str, MemberRow] = {}
-        loads = orjson.loads
-        for ref, uan, deregistered_at, history, *worker in self._conn.execute(
+        read = MemberHistory.from_bytes
+        for ref, uan, deregistered_at, stored, *worker in self._conn.execute(
             query.encode(), _pack(member_refs), binary=True
-        ):
+        ).fetchall():
+            if histories is None:
+                kept = read(stored) if stored else MemberHistory()
+            else:
+                kept = MemberHistory() if stored else histories[ref]
             found[ref] = MemberRow(
                 ref,
                 uan,
                 deregistered_at,
-                MemberHistory.from_json(loads(history)) if history else MemberHistory(),
+                kept,
                 StoredWorker(*worker) if worker[0] is not None else None,
             )
         return found
@@ -185,15 +210,11 @@ class LocatorStore:
         if not histories:
             return
         refs, separator = _pack([ref for ref, _ in histories])
-        # JSON text never holds a raw control character: one string carries them all.
-        stored = _RECORD_SEPARATOR.join(
-            orjson.dumps(history.to_json()).decode() for _, history in histories
-        )
         self._conn.execute(
-            "UPDATE members AS m SET history = convert_to(u.history, 'UTF8')"
-            " FROM unnest(string_to_array(%s, %s), string_to_array(%s, %s))"
+            "UPDATE members AS m SET history = u.history"
+            " FROM unnest(string_to_array(%s, %s), %b::bytea[])"
             " AS u(member_ref, history) WHERE m.member_ref = u.member_ref",
-            (refs, separator, stored, _RECORD_SEPARATOR),
+            (refs, separator, [history.to_bytes() for _, history in histories]),
         )
 
     def set_member_uans(self, assignments: Sequence[tuple[str, str | None]]) -> None:
@@ -218,52 +239,57 @@ class LocatorStore:
         return {row[0]: StoredWorker(*row) for row in rows}
 
     def save_workers(self, workers: Sequence[StoredWorker]) -> None:
-        """Registrations: insert or replace each worker row."""
+        """Registrations: insert or replace each worker row (one statement; uans distinct)."""
         if not workers:
             return
-        with self._conn.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO workers (uan, member_ref, registration, profile, baselines,"
-                " current_state_lgd, current_district_lgd, last_address_request_at,"
-                " active_event_ids, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now())"
-                " ON CONFLICT (uan) DO UPDATE SET member_ref = EXCLUDED.member_ref,"
-                " registration = EXCLUDED.registration,"
-                " profile = EXCLUDED.profile,"
-                " baselines = EXCLUDED.baselines,"
-                " current_state_lgd = EXCLUDED.current_state_lgd,"
-                " current_district_lgd = EXCLUDED.current_district_lgd,"
-                " last_address_request_at = EXCLUDED.last_address_request_at,"
-                " active_event_ids = EXCLUDED.active_event_ids,"
-                " updated_at = now()",
-                [
-                    (
-                        worker.uan,
-                        worker.member_ref,
-                        worker.registration,
-                        worker.profile,
-                        Jsonb(worker.baselines, dumps=_dumps_text),
-                        worker.current_state_lgd,
-                        worker.current_district_lgd,
-                        worker.last_address_request_at,
-                        worker.active_event_ids,
-                    )
-                    for worker in workers
-                ],
-            )
+        rs = _RECORD_SEPARATOR
+        self._conn.execute(
+            "INSERT INTO workers (uan, member_ref, registration, profile, baselines,"
+            " current_state_lgd, current_district_lgd, last_address_request_at,"
+            " active_event_ids, updated_at)"
+            " SELECT w.uan, w.member_ref, w.registration, w.profile, w.baselines::jsonb,"
+            " w.state::smallint, w.district::int, nullif(substr(w.requested, 2), '')::timestamptz,"
+            " string_to_array(substr(w.active, 2), ' '), now()"
+            " FROM unnest(string_to_array(%s, %s), string_to_array(%s, %s), %b::bytea[],"
+            " %b::bytea[], string_to_array(%s, %s), string_to_array(%s, ','),"
+            " string_to_array(%s, ','), string_to_array(%s, %s), string_to_array(%s, %s))"
+            " AS w(uan, member_ref, registration, profile, baselines, state, district,"
+            " requested, active)"
+            " ON CONFLICT (uan) DO UPDATE SET member_ref = EXCLUDED.member_ref,"
+            " registration = EXCLUDED.registration,"
+            " profile = EXCLUDED.profile,"
+            " baselines = EXCLUDED.baselines,"
+            " current_state_lgd = EXCLUDED.current_state_lgd,"
+            " current_district_lgd = EXCLUDED.current_district_lgd,"
+            " last_address_request_at = EXCLUDED.last_address_request_at,"
+            " active_event_ids = EXCLUDED.active_event_ids,"
+            " updated_at = now()",
+            (
+                *_pack([w.uan for w in workers]),
+                *_pack([w.member_ref for w in workers]),
+                [w.registration for w in workers],
+                [w.profile for w in workers],
+                # JSON text never holds a raw control character
+                rs.join(_dumps_text(w.baselines) for w in workers),
+                rs,
+                ",".join(str(w.current_state_lgd) for w in workers),
+                ",".join(str(w.current_district_lgd) for w in workers),
+                *_pack_texts(_timestamp_text(w.last_address_request_at) for w in workers),
+                *_pack_texts(" ".join(w.active_event_ids) for w in workers),
+            ),
+        )
 
     def update_derived(self, workers: Sequence[StoredWorker]) -> None:
         """Recomputed workers whose derived state changed: one UPDATE for all of them (every
         column packed into one text parameter: see ``_pack``)."""
         if not workers:
             return
-        rs = _RECORD_SEPARATOR
         self._conn.execute(
             "UPDATE workers AS w SET current_state_lgd = u.state::smallint,"
             " current_district_lgd = u.district::int,"
-            " last_address_request_at = nullif(u.requested, '')::timestamptz,"
-            " active_event_ids = string_to_array(u.active, ' '),"
-            " profile = coalesce(convert_to(nullif(u.profile, ''), 'UTF8'), w.profile),"
+            " last_address_request_at = nullif(substr(u.requested, 2), '')::timestamptz,"
+            " active_event_ids = string_to_array(substr(u.active, 2), ' '),"
+            " profile = coalesce(convert_to(nullif(substr(u.profile, 2), ''), 'UTF8'), w.profile),"
             " updated_at = now()"
             " FROM unnest(string_to_array(%s, %s), string_to_array(%s, ','),"
             " string_to_array(%s, ','), string_to_array(%s, %s), string_to_array(%s, %s),"
@@ -273,17 +299,9 @@ class LocatorStore:
                 *_pack([w.uan for w in workers]),
                 ",".join(str(w.current_state_lgd) for w in workers),
                 ",".join(str(w.current_district_lgd) for w in workers),
-                rs.join(
-                    ""
-                    if w.last_address_request_at is None
-                    else w.last_address_request_at.isoformat()
-                    for w in workers
-                ),
-                rs,
-                rs.join(" ".join(w.active_event_ids) for w in workers),
-                rs,
-                rs.join("" if w.profile is None else w.profile.decode() for w in workers),
-                rs,
+                *_pack_texts(_timestamp_text(w.last_address_request_at) for w in workers),
+                *_pack_texts(" ".join(w.active_event_ids) for w in workers),
+                *_pack_texts("" if w.profile is None else w.profile.decode() for w in workers),
             ),
         )
 

@@ -31,10 +31,9 @@ def locator_command(pipeline: Pipeline, *args: str) -> tuple[list[str], dict[str
     return [sys.executable, "-m", "eshram_locator", "locator", *args], env
 
 
-#: (transactions counted, members with any) over every member history (migration 0002).
+#: (transactions counted, members with any) over every member history (migration 0003).
 COUNT_OBSERVATIONS = (
-    "SELECT coalesce(sum(jsonb_array_length(convert_from(history, 'UTF8')::jsonb -> 's')), 0),"
-    " count(history) FROM members"
+    "SELECT coalesce(sum(history_transactions(history)), 0), count(history) FROM members"
 )
 
 

@@ -56,7 +56,7 @@ from eshram_locator.kafka import clients
 from eshram_locator.kafka.publish import publish_schemas
 from eshram_locator.kafka.topics import COMPACT, provision_topics, topic_specs
 from eshram_locator.postgres.migrate import apply_migrations
-from eshram_locator.postgres.store import LocatorStore, OutboxRow, observation_key
+from eshram_locator.postgres.store import LocatorStore, OutboxRow, StoredWorker, observation_key
 from eshram_locator.records import FROM_AVRO, to_avro
 from eshram_locator.settings import Settings
 from eshram_locator.topics import TopicNames
@@ -431,10 +431,11 @@ def test_member_histories_round_trip(store: LocatorStore) -> None:
     )
 
 
-def test_migration_0002_folds_stored_observations_into_the_same_histories(
+def test_migrations_0002_and_0003_fold_stored_observations_into_the_same_histories(
     fresh_database: str,
 ) -> None:
-    """A database written before migration 0002 gets the histories the locator would build."""
+    """A database written before migration 0002 gets the histories the locator would build
+    (0002 folds the observations into JSON, 0003 converts that to the stored form)."""
     apply_migrations(fresh_database, up_to=1)
     tied = replace(  # same instant, same district: the greater key is the reported shop
         COLLECTION,
@@ -474,7 +475,7 @@ def test_migration_0002_folds_stored_observations_into_the_same_histories(
                     where.pincode,
                 ),
             )
-    assert apply_migrations(fresh_database) == [2]
+    assert apply_migrations(fresh_database) == [2, 3]
     store = LocatorStore.connect(fresh_database)
     try:
         with store.unit_of_work():
@@ -484,6 +485,37 @@ def test_migration_0002_folds_stored_observations_into_the_same_histories(
     for ref in (MEMBER_REF, "adv:other"):
         expected = history_of(_observation(c) for c in collections if c.member_ref == ref)
         assert found[ref].history == expected
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_worker_rows_round_trip_with_empty_lists_and_no_request(
+    store: LocatorStore, count: int
+) -> None:
+    """One worker alone with no active change and no request is the edge of the packed
+    parameters (a lone empty text is an empty array to string_to_array)."""
+    workers = [
+        StoredWorker(
+            uan=f"10000000000{n}",
+            member_ref=f"MR-W{n}",
+            registration=b"\xc3\x01avro",
+            profile=b'{"p":[9,140,null,null,null],"r":null,"s":true}',
+            baselines=[[None, {"state_lgd": 9, "district_lgd": 140}]],
+            current_state_lgd=9,
+            current_district_lgd=140,
+            last_address_request_at=None if n == 0 else datetime(2025, 5, 1, tzinfo=UTC),
+            active_event_ids=[] if n == 0 else [str(uuid.UUID(int=n)), str(uuid.UUID(int=9))],
+        )
+        for n in range(count)
+    ]
+    with store.unit_of_work():
+        store.save_workers(workers)
+    with store.unit_of_work():
+        assert list(store.workers([w.uan for w in workers], lock=False).values()) == workers
+    moved = [replace(w, current_state_lgd=27, current_district_lgd=519) for w in workers]
+    with store.unit_of_work():
+        store.update_derived(moved)
+    with store.unit_of_work():
+        assert list(store.workers([w.uan for w in workers], lock=False).values()) == moved
 
 
 def test_offsets_round_trip(store: LocatorStore) -> None:

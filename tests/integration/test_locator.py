@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
+from eshram_locator import bootstrap
 from eshram_locator.domain.aadhaar import find_aadhaar_like, verhoeff_check_digit
 from eshram_locator.domain.model import (
     AuthMode,
@@ -171,3 +172,29 @@ def test_bad_records_are_dead_lettered_with_reason_and_aadhaar_masked(pipeline: 
     with psycopg.connect(pipeline.endpoints.postgres_dsn) as conn:
         stored = conn.execute(COUNT_OBSERVATIONS).fetchone()
         assert stored == (1, 1)
+
+
+def test_the_registry_is_read_before_the_collections(pipeline: Pipeline) -> None:
+    """After an assignment the collections wait until the registry is read: a registration read
+    after its worker's collections would derive the whole history again."""
+    workers = [registration(f"1000000{n:05d}", f"MR-B{n:03d}") for n in range(40)]
+    months = ["2025-04", "2025-05", "2025-06", "2025-07", "2025-08"]
+    events = [
+        collection(n * 10 + i, month, HOME, member_ref=worker.member_ref)
+        for n, worker in enumerate(workers)
+        for i, month in enumerate(months)
+    ]
+    produce(pipeline, [], events)  # the collections are in the log first
+    produce(pipeline, workers, [])
+    seen: list[tuple[int, int]] = []  # (registry, collections) read so far, after each batch
+    settings = pipeline.settings.model_copy(update={"batch_size": 25})
+    process = bootstrap.locator_process(
+        settings,
+        pipeline.endpoints,
+        idle_exit_polls=4,
+        on_batch=lambda totals: seen.append((totals.registry, totals.collections)),
+    )
+    totals = process.run()
+    assert (totals.registry, totals.collections) == (len(workers), len(events))
+    first_with_collections = next(registry for registry, read in seen if read)
+    assert first_with_collections == len(workers), seen[:5]
