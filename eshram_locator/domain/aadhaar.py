@@ -23,6 +23,8 @@ from collections.abc import Iterator, Mapping
 from datetime import date, datetime
 from typing import Any
 
+import orjson
+
 _MIN_TEXT = 12  # a hit needs at least 12 characters
 
 # Verhoeff tables: multiplication in the dihedral group D5, the position permutation, inverses.
@@ -205,9 +207,35 @@ def may_hold_aadhaar(datum: Any, exempt_keys: frozenset[str] = frozenset({"uan"}
     or more, no paths built. Anything unusual (a subclass, an unknown type) answers True, so
     that the full scan decides.
     """
+    if _json_clears(datum):
+        return False
     if type(datum) is dict:
         return _may_hold_dict(datum, exempt_keys)
     return _may_hold_value(datum)
+
+
+# Each byte's shape in JSON text: ASCII digits "0", the two separators as they are, else "x".
+_SHAPES = bytes(
+    ord("0") if 0x30 <= byte <= 0x39 else byte if byte in (0x20, 0x2D) else ord("x")
+    for byte in range(256)
+)
+_TWELVE_DIGITS = (b"0" * 12, b"0000 0000 0000", b"0000-0000-0000")
+
+
+def _json_clears(datum: Any) -> bool:
+    """True when the datum's JSON text (orjson, in C) is ASCII and has no run of 12 digits,
+    plain or in three groups of 4: then no string, key or int of it holds a candidate (ints
+    are written in decimal, datetimes as ISO text, and JSON escapes make no digit run). False
+    decides nothing: non-ASCII text (other scripts' digits), bytes, or a 12-digit run
+    anywhere, the exempt fields' included."""
+    try:
+        text = orjson.dumps(datum)
+    except orjson.JSONEncodeError:
+        return False
+    if not text.isascii():
+        return False
+    shapes = text.translate(_SHAPES)
+    return not any(run in shapes for run in _TWELVE_DIGITS)
 
 
 def _may_hold_dict(datum: dict[Any, Any], exempt_keys: frozenset[str]) -> bool:

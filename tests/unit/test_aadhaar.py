@@ -339,3 +339,16 @@ def test_the_pre_check_clears_an_ordinary_collection() -> None:
         }
     )
     assert may_hold_aadhaar({"note": f"card {VALID}"})
+
+
+def test_the_pre_check_defers_to_the_scan_for_every_form_of_a_number() -> None:
+    """The JSON shortcut clears only ASCII text without a 12-digit run; every other form of a
+    number (an int, other scripts' digits, bytes, grouped digits) reaches the full scan."""
+    devanagari = VALID.translate(str.maketrans("0123456789", "०१२३४५६७८९"))
+    grouped = f"{VALID[:4]}-{VALID[4:8]}-{VALID[8:]}"
+    for value in (int(VALID), devanagari, VALID.encode(), grouped):
+        datum = {"transaction_id": "UP-PDS-202504-cedc615ef2", "note": value}
+        assert scan_record(datum), value
+        assert may_hold_aadhaar(datum), value
+    # ten digits (a ration card number) are cleared without the walk
+    assert not may_hold_aadhaar({"ration_card_id": "AP-002-9426289068"})
