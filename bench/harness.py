@@ -258,8 +258,16 @@ def measure_ceiling(
     namespace: Namespace, codec: AvroCodec, expected: int, timeout_s: float = 600.0
 ) -> Rate:
     """confluent-kafka ``consume(10000, 1.0)`` + ``AvroCodec.decode`` over the input topics,
-    nothing else. Timed from the first non-empty batch returned to the last message decoded."""
-    consumer = clients.batch_consumer(namespace.bootstrap_servers, namespace.group("ceiling"))
+    nothing else. Timed from the first non-empty batch returned to the last message decoded.
+
+    The consumer prefetches as much as librdkafka does by default (64 MB and 100,000 messages
+    per partition), not as little as the locator's memory budget allows: the ceiling is the
+    bare client at its fastest, so that a tighter locator setting can never lower it."""
+    consumer = clients.batch_consumer(
+        namespace.bootstrap_servers,
+        namespace.group("ceiling"),
+        **{"queued.max.messages.kbytes": 65_536, "queued.min.messages": 100_000},
+    )
     consumer.assign(
         [
             TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING)

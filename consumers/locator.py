@@ -240,6 +240,7 @@ class LocatorProcess:
         collections = []
         rejected: list[OutboxRow] = []
         next_offsets: dict[tuple[str, int], int] = {}
+        collections_topic, codec = self._config.topics.collections, self._codec
         for message in messages:
             error = message.error()
             if error is not None:
@@ -250,20 +251,21 @@ class LocatorProcess:
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             if topic is None or partition is None or offset is None:
                 raise RetriableError("consumed a message without topic, partition or offset")
+            headers = message.headers()
             raw = RawMessage(
                 topic,
                 partition,
                 offset,
                 message.key(),
                 message.value(),
-                tuple((k, v or b"") for k, v in (message.headers() or [])),
+                tuple((k, v or b"") for k, v in headers) if headers else (),
             )
             try:
-                if topic == self._config.topics.collections:
-                    collections.append(read_collection(self._codec, raw))
+                if topic == collections_topic:
+                    collections.append(read_collection(codec, raw))
                 else:
                     key = (raw.key or b"").decode("utf-8", errors="replace")
-                    registration = read_registration(self._codec, raw)
+                    registration = read_registration(codec, raw)
                     registry.append(RegistryUpdate(key, registration, _timestamp(message)))
             except PermanentRecordError as problem:
                 rejected.append(dead_letter(raw, problem))
@@ -277,7 +279,7 @@ class LocatorProcess:
                     offset=offset,
                     error_class=problem.error_class,
                 )
-            next_offsets[(topic, partition)] = raw.offset + 1
+            next_offsets[(topic, partition)] = offset + 1
 
         def commit(store: LocatorStore) -> tuple[int, int]:
             with store.unit_of_work():

@@ -219,7 +219,7 @@ _SHAPES = bytes(
     ord("0") if 0x30 <= byte <= 0x39 else byte if byte in (0x20, 0x2D) else ord("x")
     for byte in range(256)
 )
-_TWELVE_DIGITS = (b"0" * 12, b"0000 0000 0000", b"0000-0000-0000")
+_PLAIN_RUN, _SPACED_RUN, _HYPHENED_RUN = b"0" * 12, b"0000 0000 0000", b"0000-0000-0000"
 
 
 def _json_clears(datum: Any) -> bool:
@@ -235,7 +235,7 @@ def _json_clears(datum: Any) -> bool:
     if not text.isascii():
         return False
     shapes = text.translate(_SHAPES)
-    return not any(run in shapes for run in _TWELVE_DIGITS)
+    return not (_PLAIN_RUN in shapes or _SPACED_RUN in shapes or _HYPHENED_RUN in shapes)
 
 
 def _may_hold_dict(datum: dict[Any, Any], exempt_keys: frozenset[str]) -> bool:
