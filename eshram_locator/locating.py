@@ -112,12 +112,13 @@ class Locator:
         store.save_histories([(ref, members[ref].history) for ref in sorted(changed)])
         targets = [
             row
-            for ref, row in sorted(members.items())
+            for ref, row in members.items()
             if row.worker is not None
             and (ref in moved or row.worker.uan in affected)
             # a first registration with nothing collected yet is stored as its baseline
             and not (row.worker.uan in fresh and not row.history)
         ]
+        targets.sort(key=_member_ref)
         return outcome, self._recompute(store, targets, now, outcome)
 
     # --- rule 8: the member histories --------------------------------------------------------
@@ -371,6 +372,10 @@ def profile_json(permanent: Location, present: Location | None, sms_reachable: b
             "s": sms_reachable,
         }
     )
+
+
+def _member_ref(row: MemberRow) -> str:
+    return row.member_ref
 
 
 def _in_content_order(collections: Sequence[RationCollection]) -> Sequence[RationCollection]:

@@ -207,7 +207,12 @@ def may_hold_aadhaar(datum: Any, exempt_keys: frozenset[str] = frozenset({"uan"}
     or more, no paths built. Anything unusual (a subclass, an unknown type) answers True, so
     that the full scan decides.
     """
-    if _json_clears(datum):
+    if type(datum) is dict and exempt_keys and not exempt_keys.isdisjoint(datum):
+        # a registration: its uan is 12 digits, and exempt
+        unexempt = {key: value for key, value in datum.items() if key not in exempt_keys}
+        if _json_clears(unexempt):
+            return False
+    elif _json_clears(datum):
         return False
     if type(datum) is dict:
         return _may_hold_dict(datum, exempt_keys)
