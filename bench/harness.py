@@ -577,14 +577,18 @@ def locator_throughput(status: Mapping[str, Any]) -> LocatorThroughput:
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _process_cpu_s(pid: int) -> float:
-    """utime + stime of one process, in seconds (0 if it is gone)."""
+def _process_cpu_s(pid: int, *, reaped: bool = False) -> float:
+    """utime + stime of one process, in seconds (0 if it is gone); with ``reaped``, plus the
+    CPU of its children that have exited (the postmaster's ended backends)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
             fields = handle.read().rpartition(")")[2].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / _TICKS
 
 
 def _children(parent: int) -> list[int]:
@@ -603,14 +607,14 @@ def _children(parent: int) -> list[int]:
 
 
 def postmaster_pid(dsn: str) -> int | None:
-    """The PostgreSQL server's pid, when it runs on this machine and we may read its data dir."""
+    """The PostgreSQL server's pid, when it runs on this machine: the parent of our backend
+    (no privilege needed, unlike reading the data directory)."""
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            row = conn.execute("SHOW data_directory").fetchone()
-        assert row is not None
-        with open(Path(str(row[0])) / "postmaster.pid", encoding="ascii") as handle:
-            return int(handle.readline())
-    except (psycopg.Error, OSError, ValueError):
+            backend = conn.info.backend_pid
+            with open(f"/proc/{backend}/stat", encoding="ascii") as handle:
+                return int(handle.read().rpartition(")")[2].split()[1])
+    except (psycopg.Error, OSError, ValueError, IndexError):
         return None
 
 
@@ -630,7 +634,7 @@ class CpuSnapshot:
         idle = values[3] + values[4]  # idle + iowait
         postgres = 0.0
         if postmaster is not None:
-            postgres = _process_cpu_s(postmaster) + sum(
+            postgres = _process_cpu_s(postmaster, reaped=True) + sum(
                 _process_cpu_s(pid) for pid in _children(postmaster)
             )
         return cls(
@@ -644,8 +648,8 @@ class CpuSnapshot:
 def cpu_split(
     before: CpuSnapshot, after: CpuSnapshot, locator_cpu_s: float, locator_wall_s: float
 ) -> dict[str, float]:
-    """Cores used on average between the snapshots: the whole machine, PostgreSQL (the server
-    and the backends alive at the end; the locator's connections live through the phase),
+    """Cores used on average between the snapshots: the whole machine, PostgreSQL (the server,
+    its live backends, and those that ended, through the server's reaped-children CPU),
     the locator (its own CPU over its own measured span), and everything else (Kafka, the
     bench's parent, other users of the machine)."""
     wall = after.at - before.at
