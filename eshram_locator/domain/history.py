@@ -10,10 +10,9 @@ The rules never need the individual transactions of a member, only, for each mon
 - the keys of the transactions already counted (rule 8), as 64-bit digests.
 
 So the locator stores one summary per member instead of one row per transaction, and a
-recomputation reads one value per worker. ``MemberHistory`` is that summary; it is a plain
-JSON-compatible structure so that adapters can store it as it is. The same set of
-observations gives the same summary in any order of ``add``: each field is a count, a set, or a
-maximum.
+recomputation reads one value per worker. ``MemberHistory`` is that summary, with its own
+stored form (``to_bytes``) that adapters keep as it is. The same set of observations gives the
+same summary in any order of ``add``: each field is a count, a set, or a maximum.
 """
 
 from __future__ import annotations
