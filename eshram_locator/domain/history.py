@@ -141,6 +141,10 @@ class MemberHistory:
         """How many distinct transactions the history counts."""
         return len(self._seen)
 
+    def digests(self) -> frozenset[int]:
+        """The digests (``transaction_digest``) of the transactions the history counts."""
+        return frozenset(self._seen)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MemberHistory):
             return NotImplemented

@@ -43,14 +43,33 @@ def committed(dsn: str) -> int:
     return int(row[0]) if row else 0
 
 
-def final_state(dsn: str) -> dict[str, object]:
+def unsettled(*dsns: str) -> set[str]:
+    """The uans with a change that stopped holding in any of the runs.
+
+    Two runs whose batches fall at different offsets can find a worker's move at different
+    moments: one may first find a later effective month and retract it when a late collection
+    arrives, while the other finds the earlier month at once. Both end with the same changes
+    holding, but an address request sent for the retracted change stays sent, and with it the
+    rule 9 cooldown (``last_address_request_at``). For these workers the runs are compared on
+    what holds, not on what was sent along the way."""
+    found: set[str] = set()
+    for dsn in dsns:
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute("SELECT DISTINCT uan FROM location_changes WHERE NOT active")
+            found.update(str(uan) for (uan,) in rows)
+    return found
+
+
+def final_state(dsn: str, unsettled: set[str] | frozenset[str] = frozenset()) -> dict[str, object]:
+    """What a run leaves in PostgreSQL; for ``unsettled`` workers, without the rule 9 cooldown."""
     with psycopg.connect(dsn) as conn:
         return {
             "workers": sorted(
-                conn.execute(
+                (*row[:5], None if row[0] in unsettled else row[5])
+                for row in conn.execute(
                     "SELECT uan, member_ref, baselines::text, current_state_lgd,"
                     " current_district_lgd, last_address_request_at FROM workers"
-                ).fetchall()
+                )
             ),
             "active_changes": sorted(
                 conn.execute(
@@ -86,8 +105,12 @@ def holding(target: Pipeline) -> set[str]:
     return active
 
 
-def address_requests(target: Pipeline) -> set[bytes]:
+def address_requests(
+    target: Pipeline, unsettled: set[str] | frozenset[str] = frozenset()
+) -> set[bytes]:
+    """The address requests a run published, but those of ``unsettled`` workers."""
     return {
         value or b""
-        for _, value, _ in target.consume_all(target.names.address_update_requests, timeout_s=2)
+        for key, value, _ in target.consume_all(target.names.address_update_requests, timeout_s=2)
+        if (key or b"").decode() not in unsettled
     }

@@ -40,6 +40,7 @@ from tests.integration.locator_support import (
     holding,
     locator_command,
     published_once,
+    unsettled,
 )
 from tests.integration.test_streams_recovery import (
     expected_flows,
@@ -163,14 +164,15 @@ def _run_with_restart(pipeline: Pipeline, server: LocalKafka | LocalPostgres, to
 
 def _compare_with_reference(pipeline: Pipeline, reference: Pipeline, total: int) -> None:
     assert committed(pipeline.endpoints.postgres_dsn) == total
-    interrupted = final_state(pipeline.endpoints.postgres_dsn)
-    clean = final_state(reference.endpoints.postgres_dsn)
+    moved_twice = unsettled(pipeline.endpoints.postgres_dsn, reference.endpoints.postgres_dsn)
+    interrupted = final_state(pipeline.endpoints.postgres_dsn, moved_twice)
+    clean = final_state(reference.endpoints.postgres_dsn, moved_twice)
     assert interrupted == clean
     assert interrupted["outbox"] == (0,)
 
     published_once(pipeline)  # each event once, or repeated byte for byte
     assert holding(pipeline) == holding(reference)
-    assert address_requests(pipeline) == address_requests(reference)
+    assert address_requests(pipeline, moved_twice) == address_requests(reference, moved_twice)
 
 
 @pytest.mark.parametrize("server", ["kafka", "postgres"])

@@ -8,7 +8,6 @@ stored.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import subprocess
@@ -16,7 +15,7 @@ import subprocess
 import psycopg
 import pytest
 
-from eshram_locator.domain.history import transaction_digest
+from eshram_locator.domain.history import MemberHistory, transaction_digest
 from eshram_locator.errors import PermanentRecordError
 from eshram_locator.intake import RawMessage, read_collection, read_registration
 from eshram_locator.kafka.clients import DeliveryTracker
@@ -89,7 +88,11 @@ def test_hostile_input_is_dead_lettered_and_the_locator_neither_crashes_nor_stal
         assert meta["source.topic"].decode() in pipeline.names.inputs
     with psycopg.connect(pipeline.endpoints.postgres_dsn) as conn:
         histories = conn.execute("SELECT history FROM members WHERE history IS NOT NULL")
-        counted = {digest for (history,) in histories for digest in json.loads(history)["s"]}
+        counted = {
+            digest
+            for (history,) in histories
+            for digest in MemberHistory.from_bytes(history).digests()
+        }
         outbox = conn.execute("SELECT count(*) FROM outbox").fetchone()
     # processed: every accepted collection is counted in its member's history (rule 8's digests)
     assert counted == {transaction_digest(observation_key(s, t)) for s, t in stored}
