@@ -203,9 +203,10 @@ def may_hold_aadhaar(datum: Any, exempt_keys: frozenset[str] = frozenset({"uan"}
     """A quick, conservative pre-check for ``scan_record``: False only when ``scan_record``
     (with ``exempt_keys`` as its top-level ``exempt_fields``) would find nothing.
 
-    The hot path: one type check per value and one regex search per string of 12 characters
-    or more, no paths built. Anything unusual (a subclass, an unknown type) answers True, so
-    that the full scan decides.
+    The hot path: first the datum's JSON text, checked in C for a 12-digit shape (without the
+    top-level exempt keys); when that does not clear it, one type check per value and one
+    regex search per string of 12 characters or more, no paths built. Anything unusual (a
+    subclass, an unknown type) answers True, so that the full scan decides.
     """
     if type(datum) is dict and exempt_keys and not exempt_keys.isdisjoint(datum):
         # a registration: its uan is 12 digits, and exempt
@@ -232,7 +233,7 @@ def _json_clears(datum: Any) -> bool:
     plain or in three groups of 4: then no string, key or int of it holds a candidate (ints
     are written in decimal, datetimes as ISO text, and JSON escapes make no digit run). False
     decides nothing: non-ASCII text (other scripts' digits), bytes, or a 12-digit run
-    anywhere, the exempt fields' included."""
+    anywhere in the text it is given."""
     try:
         text = orjson.dumps(datum)
     except orjson.JSONEncodeError:
