@@ -34,7 +34,13 @@ from confluent_kafka import (
 
 from eshram_locator.avro_codec import AvroCodec
 from eshram_locator.errors import PermanentRecordError, RetriableError
-from eshram_locator.intake import RawMessage, dead_letter, read_collection, read_registration
+from eshram_locator.intake import (
+    RawMessage,
+    dead_letter,
+    fast_collection_reader,
+    read_collection,
+    read_registration,
+)
 from eshram_locator.kafka.relay import OutboxRelay
 from eshram_locator.locating import Locator, RegistryUpdate
 from eshram_locator.postgres.store import LocatorStore, OutboxRow
@@ -91,6 +97,10 @@ class LocatorProcess:
         self._consumer = consumer
         self._conninfo = conninfo
         self._codec = codec
+        # Most collections take the compiled reader; what it leaves (None) takes read_collection.
+        self._read_fast = fast_collection_reader(codec)
+        if self._read_fast is None:
+            log.warning("compiled_collection_reader_unavailable")
         self._locator = locator
         self._relay = relay
         self._config = config
@@ -241,6 +251,7 @@ class LocatorProcess:
         rejected: list[OutboxRow] = []
         next_offsets: dict[tuple[str, int], int] = {}
         collections_topic, codec = self._config.topics.collections, self._codec
+        read_fast = self._read_fast
         for message in messages:
             error = message.error()
             if error is not None:
@@ -251,6 +262,12 @@ class LocatorProcess:
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             if topic is None or partition is None or offset is None:
                 raise RetriableError("consumed a message without topic, partition or offset")
+            if topic == collections_topic and read_fast is not None:
+                collection = read_fast(message.value(), message.key())
+                if collection is not None:
+                    collections.append(collection)
+                    next_offsets[(topic, partition)] = offset + 1
+                    continue
             headers = message.headers()
             raw = RawMessage(
                 topic,

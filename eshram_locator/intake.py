@@ -10,15 +10,25 @@ re-encoded with the number masked to its last four digits, and key and headers a
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, Final
 
 from eshram_locator import topics
-from eshram_locator.avro_codec import AvroCodec
+from eshram_locator.avro_codec import SINGLE_OBJECT_MAGIC, AvroCodec
 from eshram_locator.domain.aadhaar import mask_record, mask_text, may_hold_aadhaar, scan_record
-from eshram_locator.domain.model import Location, RationCollection, WorkerRegistration
+from eshram_locator.domain.model import (
+    AuthMode,
+    CollectionItem,
+    Location,
+    Portability,
+    RationCollection,
+    WorkerRegistration,
+)
 from eshram_locator.errors import PermanentRecordError, RawAadhaarError, ValidationError
+from eshram_locator.geography import STATES_BY_LGD
 from eshram_locator.postgres.store import OutboxRow
 from eshram_locator.records import ration_collection_from_avro, worker_registration_from_avro
 
@@ -65,6 +75,47 @@ def read_collection(codec: AvroCodec, message: RawMessage) -> RationCollection:
         raise ValidationError("message key is not the record's member_ref")
     _check_storable_collection(collection)
     return collection
+
+
+# --- the collections stream's fast path -------------------------------------------------------
+
+try:
+    from eshram_locator import _collection_reader
+except ImportError:  # installed where no C compiler was found: the extension is optional
+    _collection_reader = None  # type: ignore[assignment]
+
+COMPILED_SCHEMA: Final = 0x011622E5C63BAD61
+"""The canonical-form fingerprint of the RationCollection schema _collection_reader.c reads."""
+
+FastCollectionRead = Callable[[bytes | None, bytes | None], RationCollection | None]
+
+
+def fast_collection_reader(codec: AvroCodec) -> FastCollectionRead | None:
+    """``read(value, key)``: the compiled reader of single-object records written with the
+    current RationCollection schema. It returns a collection equal to ``read_collection``'s for
+    the same bytes, or None where that function must decide (another schema or framing, bad
+    or unusual records, an Aadhaar-like digit shape: see ``_collection_reader.c``).
+
+    None when the extension is not built, or the current schema is not the one it reads.
+    """
+    current = codec.catalog.current(RATION_COLLECTION)
+    if _collection_reader is None or current.fingerprint != COMPILED_SCHEMA:
+        return None
+    by_name = {field["name"]: field["type"] for field in current.parsed["fields"]}
+    _collection_reader.configure(
+        RationCollection,
+        tuple(field.name for field in fields(RationCollection)),
+        Location,
+        tuple(field.name for field in fields(Location)),
+        CollectionItem,
+        tuple(field.name for field in fields(CollectionItem)),
+        tuple(AuthMode(symbol) for symbol in by_name["auth_mode"]["symbols"]),
+        tuple(Portability(symbol) for symbol in by_name["portability"]["symbols"]),
+        datetime(1970, 1, 1, tzinfo=UTC),
+        tuple(STATES_BY_LGD),
+    )
+    header = SINGLE_OBJECT_MAGIC + current.fingerprint.to_bytes(8, "little", signed=True)
+    return partial(_collection_reader.read, header)
 
 
 def read_registration(codec: AvroCodec, message: RawMessage) -> WorkerRegistration | None:

@@ -1,0 +1,20 @@
+# The compiled collections reader (_collection_reader.c); see intake.fast_collection_reader.
+from collections.abc import Iterable
+from datetime import datetime
+
+from eshram_locator.domain.model import RationCollection
+
+def read(header: bytes, payload: bytes | None, key: bytes | None, /) -> RationCollection | None: ...
+def configure(
+    collection: type,
+    collection_fields: tuple[str, ...],
+    location: type,
+    location_fields: tuple[str, ...],
+    item: type,
+    item_fields: tuple[str, ...],
+    auth_modes: tuple[object, ...],
+    portabilities: tuple[object, ...],
+    epoch: datetime,
+    states: Iterable[int],
+    /,
+) -> None: ...
