@@ -32,9 +32,10 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from eshram_locator.avro_codec import AvroCodec
+from eshram_locator.avro_codec import AvroCodec, single_object_header
 from eshram_locator.errors import PermanentRecordError, RetriableError
 from eshram_locator.intake import (
+    WORKER_REGISTRATION,
     RawMessage,
     dead_letter,
     fast_collection_reader,
@@ -101,6 +102,11 @@ class LocatorProcess:
         self._read_fast = fast_collection_reader(codec)
         if self._read_fast is None:
             log.warning("compiled_collection_reader_unavailable")
+        # Registrations that come in the current schema's single-object encoding are stored as
+        # they came.
+        self._current_registration = single_object_header(
+            codec.catalog.current(WORKER_REGISTRATION).fingerprint
+        )
         self._locator = locator
         self._relay = relay
         self._config = config
@@ -251,7 +257,7 @@ class LocatorProcess:
         rejected: list[OutboxRow] = []
         next_offsets: dict[tuple[str, int], int] = {}
         collections_topic, codec = self._config.topics.collections, self._codec
-        read_fast = self._read_fast
+        read_fast, current_registration = self._read_fast, self._current_registration
         for message in messages:
             error = message.error()
             if error is not None:
@@ -283,7 +289,15 @@ class LocatorProcess:
                 else:
                     key = (raw.key or b"").decode("utf-8", errors="replace")
                     registration = read_registration(codec, raw)
-                    registry.append(RegistryUpdate(key, registration, _timestamp(message)))
+                    value = raw.value
+                    registry.append(
+                        RegistryUpdate(
+                            key,
+                            registration,
+                            _timestamp(message),
+                            value if value and value.startswith(current_registration) else None,
+                        )
+                    )
             except PermanentRecordError as problem:
                 rejected.append(dead_letter(raw, problem))
                 self.totals.by_error[problem.error_class] = (

@@ -655,9 +655,7 @@ class AvroCodec:
     def _header(self, record_name: str, topic: str | None) -> tuple[bytes, dict[str, Any]]:
         entry = self._catalog.current(record_name)
         if self._registry is None:
-            return SINGLE_OBJECT_MAGIC + entry.fingerprint.to_bytes(8, "little", signed=True), (
-                entry.parsed
-            )
+            return single_object_header(entry.fingerprint), entry.parsed
         subject = f"{topic}-value" if topic else entry.full_name
         schema_id = self._registry.register(subject, entry.schema_text)
         self._id_plans.setdefault(schema_id, (entry.record_name, entry.parsed, None))
@@ -740,6 +738,11 @@ class AvroCodec:
         if reader.fingerprint == entry.fingerprint:
             return entry.record_name, reader.parsed, None
         return entry.record_name, entry.parsed, reader.parsed
+
+
+def single_object_header(fingerprint_value: int) -> bytes:
+    """The first 10 bytes of a single-object encoded record of the schema with this fingerprint."""
+    return SINGLE_OBJECT_MAGIC + fingerprint_value.to_bytes(8, "little", signed=True)
 
 
 def _framing_error(payload: bytes) -> DecodeError:

@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any, Final
 
 from eshram_locator import topics
-from eshram_locator.avro_codec import SINGLE_OBJECT_MAGIC, AvroCodec
+from eshram_locator.avro_codec import AvroCodec, single_object_header
 from eshram_locator.domain.aadhaar import mask_record, mask_text, may_hold_aadhaar, scan_record
 from eshram_locator.domain.model import (
     AuthMode,
@@ -114,8 +114,7 @@ def fast_collection_reader(codec: AvroCodec) -> FastCollectionRead | None:
         datetime(1970, 1, 1, tzinfo=UTC),
         tuple(STATES_BY_LGD),
     )
-    header = SINGLE_OBJECT_MAGIC + current.fingerprint.to_bytes(8, "little", signed=True)
-    return partial(_collection_reader.read, header)
+    return partial(_collection_reader.read, single_object_header(current.fingerprint))
 
 
 def read_registration(codec: AvroCodec, message: RawMessage) -> WorkerRegistration | None:

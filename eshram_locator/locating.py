@@ -68,6 +68,9 @@ class RegistryUpdate:
     uan: str
     registration: WorkerRegistration | None
     recorded_at: datetime  # the record's Kafka timestamp: when a tombstone deregistered
+    # The record's bytes when they encode ``registration`` with the current schema: stored as
+    # they came instead of encoded again (None: encoded again).
+    encoded: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -222,9 +225,8 @@ class Locator:
             saved[new.uan] = StoredWorker(
                 uan=new.uan,
                 member_ref=new.member_ref,
-                registration=self._codec.encode(
-                    WORKER_REGISTRATION, worker_registration_to_avro(new)
-                ),
+                registration=update.encoded
+                or self._codec.encode(WORKER_REGISTRATION, worker_registration_to_avro(new)),
                 profile=profile_json(new.permanent_address, new.present_address, new.sms_reachable),
                 baselines=baselines_to_json(baselines),
                 current_state_lgd=old.current_state_lgd if old else baseline.state_lgd,

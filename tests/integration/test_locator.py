@@ -198,3 +198,20 @@ def test_the_registry_is_read_before_the_collections(pipeline: Pipeline) -> None
     assert (totals.registry, totals.collections) == (len(workers), len(events))
     first_with_collections = next(registry for registry, read in seen if read)
     assert first_with_collections == len(workers), seen[:5]
+
+
+def test_a_registration_in_the_current_schema_is_stored_as_it_came(pipeline: Pipeline) -> None:
+    """Its bytes are kept, not encoded again. This record writes the uan's length (12, zigzag
+    24) as a two-byte varint, which Avro readers accept and writers do not produce: only a kept
+    copy still has it."""
+    worker = registration()
+    encoded = pipeline.codec.encode("WorkerRegistration", worker_registration_to_avro(worker))
+    assert encoded[10] == 24
+    padded = encoded[:10] + bytes([24 | 0x80, 0]) + encoded[11:]
+    assert pipeline.codec.decode(padded, "WorkerRegistration") == pipeline.codec.decode(encoded)
+    produce(pipeline, [], [], raw=[(pipeline.names.registry, worker.uan.encode(), padded)])
+    totals = pipeline.run_locator()
+    assert totals.registry == 1
+    with psycopg.connect(pipeline.endpoints.postgres_dsn) as conn:
+        stored = conn.execute("SELECT registration FROM workers WHERE uan = %s", (UAN,)).fetchone()
+    assert stored == (padded,)
