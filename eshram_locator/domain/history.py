@@ -17,11 +17,11 @@ same summary in any order of ``add``: each field is a count, a set, or a maximum
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from bisect import insort
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from hashlib import sha256
 from typing import Any
 
 import orjson
@@ -53,7 +53,7 @@ def transaction_digest(key: str) -> int:
     The same value as PostgreSQL's
     ``('x' || left(encode(sha256(convert_to(key, 'UTF8')), 'hex'), 16))::bit(64)::bigint``.
     """
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+    return int.from_bytes(sha256(key.encode()).digest()[:8], "big", signed=True)
 
 
 def epoch_us(instant: datetime) -> int:
@@ -70,12 +70,11 @@ class MemberHistory:
     ``to_bytes`` writes back the untouched months as they were read.
     """
 
-    __slots__ = ("_changed", "_digests", "_lines", "_months", "_new_digests", "_seen")
+    __slots__ = ("_changed", "_digests", "_lines", "_months", "_new_digests")
 
     def __init__(self) -> None:
-        self._digests = b""  # the packed digests read from storage
-        self._seen: set[int] = set()
-        self._new_digests: list[int] = []  # counted since, in order
+        self._digests = b""  # the packed digests read from storage (searched, never unpacked)
+        self._new_digests: dict[bytes, None] = {}  # counted since, packed, in order
         self._lines: dict[str, bytes] = {}  # month -> its stored line
         self._months: dict[str, MonthEntry] = {}  # parsed months
         self._changed: set[str] = set()  # parsed months changed since read
@@ -92,8 +91,7 @@ class MemberHistory:
         if tag != _FORMAT:
             raise ValueError(f"not a stored member history (format {tag})")
         at = _HEADER.size + 8 * count
-        history._digests = digests = stored[_HEADER.size : at]
-        history._seen = set(struct.unpack(f">{count}q", digests))
+        history._digests = stored[_HEADER.size : at]
         if len(stored) > at:
             history._lines = {
                 line[:_MONTH_BYTES].decode(): line for line in stored[at:].split(_LINE_END)
@@ -114,7 +112,7 @@ class MemberHistory:
                 )
         digests = self._digests
         if self._new_digests:
-            digests += struct.pack(f">{len(self._new_digests)}q", *self._new_digests)
+            digests += b"".join(self._new_digests)
         return b"".join(
             (
                 _HEADER.pack(_FORMAT, len(digests) // 8),
@@ -139,16 +137,29 @@ class MemberHistory:
 
     def __len__(self) -> int:
         """How many distinct transactions the history counts."""
-        return len(self._seen)
+        return len(self._digests) // 8 + len(self._new_digests)
 
     def digests(self) -> frozenset[int]:
         """The digests (``transaction_digest``) of the transactions the history counts."""
-        return frozenset(self._seen)
+        packed = self._digests + b"".join(self._new_digests)
+        return frozenset(struct.unpack(f">{len(packed) // 8}q", packed))
+
+    def _counted(self, digest: bytes) -> bool:
+        """Whether the packed digest is one of the history's (aligned matches only)."""
+        if digest in self._new_digests:
+            return True
+        stored = self._digests
+        at = stored.find(digest)
+        while at >= 0:
+            if at % 8 == 0:
+                return True
+            at = stored.find(digest, at + 1)
+        return False
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, MemberHistory):
             return NotImplemented
-        return self._seen == other._seen and self._all_months() == other._all_months()
+        return self.digests() == other.digests() and self._all_months() == other._all_months()
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 
@@ -164,11 +175,10 @@ class MemberHistory:
         location: Location,
     ) -> bool:
         """Count one transaction; False (and nothing changes) when its key was counted before."""
-        digest = transaction_digest(key)
-        if digest in self._seen:
+        digest = sha256(key.encode()).digest()[:8]  # transaction_digest, packed
+        if self._counted(digest):
             return False
-        self._seen.add(digest)
-        self._new_digests.append(digest)
+        self._new_digests[digest] = None
         entry = self._entry(allocation_month)
         if entry is None:
             entry = self._months[allocation_month] = [0, [], []]

@@ -158,3 +158,19 @@ def test_the_stored_form_reads_back_byte_for_byte_and_parses_only_touched_months
 def test_a_stored_form_of_another_format_is_refused() -> None:
     with pytest.raises(ValueError, match="not a stored member history"):
         MemberHistory.from_bytes(b'{"s": [], "m": {}}')
+
+
+def test_a_digest_counts_only_where_a_stored_digest_starts() -> None:
+    """Stored digests are searched in their packed bytes: the 8 bytes of a new transaction's
+    digest that span two stored digests are not a match."""
+    home = Location(9, 901)
+    packed = transaction_digest("IM-PDS/T-9").to_bytes(8, "big", signed=True)
+    spanning = b"\x00" * 4 + packed + b"\x00" * 4  # two stored digests around it
+    history = MemberHistory.from_bytes(bytes([1]) + (2).to_bytes(4, "big") + spanning)
+    assert len(history) == 2
+    assert history.add("IM-PDS/T-9", "2025-04", 0, True, "F", home)
+    assert not history.add("IM-PDS/T-9", "2025-04", 0, True, "F", home)
+    assert len(history) == 3
+    stored = MemberHistory.from_bytes(history.to_bytes())
+    assert stored.digests() == history.digests() >= {transaction_digest("IM-PDS/T-9")}
+    assert not stored.add("IM-PDS/T-9", "2025-05", 1, True, "F", home)
