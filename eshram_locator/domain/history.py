@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 from bisect import insort
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from datetime import UTC, datetime, timedelta
 from hashlib import sha256
 from typing import Any
@@ -66,16 +66,30 @@ class MemberHistory:
 
     Stored (``to_bytes``) so that a batch pays only for the months it touches: the digests as
     packed 64-bit integers, then one line per month (the month, whether it has presence, its
-    summary as JSON). ``from_bytes`` parses a month's JSON when it is first read;
-    ``to_bytes`` writes back the untouched months as they were read.
+    summary as JSON). ``from_bytes`` splits the lines only when a month up to the last stored
+    one is read, and parses a month's JSON when it is first read; ``to_bytes`` writes back the
+    untouched months as they were read. The common batch, a month after all the stored ones,
+    reads and writes the stored lines as one piece.
     """
 
-    __slots__ = ("_changed", "_digests", "_lines", "_months", "_new_digests")
+    __slots__ = (
+        "_changed",
+        "_digests",
+        "_last_present",
+        "_last_stored",
+        "_lines",
+        "_months",
+        "_new_digests",
+        "_tail",
+    )
 
     def __init__(self) -> None:
         self._digests = b""  # the packed digests read from storage (searched, never unpacked)
         self._new_digests: dict[bytes, None] = {}  # counted since, packed, in order
-        self._lines: dict[str, bytes] = {}  # month -> its stored line
+        self._tail = b""  # the stored month lines
+        self._last_stored = ""  # the month of the last (latest) stored line, "" for none
+        self._last_present = False  # whether that month has presence
+        self._lines: dict[str, bytes] | None = {}  # month -> its stored line; None: not split
         self._months: dict[str, MonthEntry] = {}  # parsed months
         self._changed: set[str] = set()  # parsed months changed since read
 
@@ -93,45 +107,58 @@ class MemberHistory:
         at = _HEADER.size + 8 * count
         history._digests = stored[_HEADER.size : at]
         if len(stored) > at:
-            history._lines = {
-                line[:_MONTH_BYTES].decode(): line for line in stored[at:].split(_LINE_END)
-            }
+            history._tail = tail = stored[at:]
+            last = tail.rfind(_LINE_END) + 1
+            history._last_stored = tail[last : last + _MONTH_BYTES].decode()
+            history._last_present = tail[last + _MONTH_BYTES] == _PRESENT[0]
+            history._lines = None
         return history
 
+    def _stored_lines(self) -> dict[str, bytes]:
+        lines = self._lines
+        if lines is None:
+            lines = self._lines = {
+                line[:_MONTH_BYTES].decode(): line for line in self._tail.split(_LINE_END)
+            }
+        return lines
+
+    def _line(self, month: str) -> bytes:
+        key = month.encode()
+        if len(key) != _MONTH_BYTES:
+            raise ValueError(f"not a YYYY-MM month: {month!r}")
+        entry = self._months[month]
+        return b"".join((key, _PRESENT if entry[_PRESENCE] else _ABSENT, orjson.dumps(entry)))
+
     def to_bytes(self) -> bytes:
+        digests = self._digests
+        if self._new_digests:
+            digests += b"".join(self._new_digests)
+        header = _HEADER.pack(_FORMAT, len(digests) // 8)
+        if self._lines is None:  # no stored month was read: changes are months after them all
+            changed = [self._line(month) for month in sorted(self._changed)]
+            return b"".join((header, digests, _LINE_END.join([self._tail, *changed])))
         lines = self._lines
         if self._changed:
             lines = dict(lines)
             for month in self._changed:
-                key = month.encode()
-                if len(key) != _MONTH_BYTES:
-                    raise ValueError(f"not a YYYY-MM month: {month!r}")
-                entry = self._months[month]
-                lines[month] = b"".join(
-                    (key, _PRESENT if entry[_PRESENCE] else _ABSENT, orjson.dumps(entry))
-                )
-        digests = self._digests
-        if self._new_digests:
-            digests += b"".join(self._new_digests)
+                lines[month] = self._line(month)
         return b"".join(
-            (
-                _HEADER.pack(_FORMAT, len(digests) // 8),
-                digests,
-                _LINE_END.join([lines[month] for month in sorted(lines)]),
-            )
+            (header, digests, _LINE_END.join([lines[month] for month in sorted(lines)]))
         )
 
     def _entry(self, month: str) -> MonthEntry | None:
         entry = self._months.get(month)
         if entry is None:
-            line = self._lines.get(month)
+            if month > self._last_stored:  # after every stored month
+                return None
+            line = self._stored_lines().get(month)
             if line is None:
                 return None
             entry = self._months[month] = orjson.loads(line[_MONTH_BYTES + 1 :])
         return entry
 
     def _all_months(self) -> dict[str, MonthEntry]:
-        for month in self._lines.keys() - self._months.keys():
+        for month in self._stored_lines().keys() - self._months.keys():
             self._entry(month)
         return self._months
 
@@ -269,16 +296,31 @@ class MemberHistory:
             raise KeyError(month)
         return entry
 
-    def months_with_presence(self) -> list[str]:
-        """The months in which the member was present somewhere (rule 1), in no order."""
+    def latest_presence(self, excluding: Container[str]) -> str:
+        """The latest month with presence that is not in ``excluding`` ("" for none)."""
         months = self._months
-        found = [month for month, entry in months.items() if entry[_PRESENCE]]
-        found.extend(
-            month
-            for month, line in self._lines.items()
-            if line[_MONTH_BYTES] == _PRESENT[0] and month not in months
+        found = max(
+            (
+                month
+                for month, entry in months.items()
+                if entry[_PRESENCE] and month not in excluding
+            ),
+            default="",
         )
-        return found
+        if self._lines is None and self._last_present and self._last_stored not in excluding:
+            # no stored month was parsed, and the latest stored one has presence
+            return max(found, self._last_stored)
+        stored = max(
+            (
+                month
+                for month, line in self._stored_lines().items()
+                if line[_MONTH_BYTES] == _PRESENT[0]
+                and month not in months
+                and month not in excluding
+            ),
+            default="",
+        )
+        return max(found, stored)
 
 
 def may_move(
@@ -319,12 +361,7 @@ def may_move(
 def _last_observed_before(history: MemberHistory, before: dict[str, District | None]) -> str:
     """The latest month with presence before the adds ("" for none): a month the adds touched
     had presence before exactly when its ``before`` district is not None."""
-    observed = [
-        month
-        for month in history.months_with_presence()
-        if month not in before or before[month] is not None
-    ]
-    return max(observed, default="")
+    return history.latest_presence({month for month, was in before.items() if was is None})
 
 
 _DISTRICTS: dict[tuple[int, int], District] = {}

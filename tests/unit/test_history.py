@@ -92,19 +92,23 @@ def test_the_digest_is_the_one_postgresql_computes_in_migration_0002() -> None:
     )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1_000, deadline=None)
 @given(
     earlier=observation_sets(max_size=10),
     batch=observation_sets(max_size=4),
     profile=profiles(),
+    stored=st.booleans(),
 )
 def test_when_may_move_says_no_the_timeline_keeps_its_changes_and_district(
-    earlier: list[Observation], batch: list[Observation], profile: WorkerProfile
+    earlier: list[Observation], batch: list[Observation], profile: WorkerProfile, stored: bool
 ) -> None:
-    """The locator skips deriving on may_move's word: it must never skip a real change."""
+    """The locator skips deriving on may_move's word: it must never skip a real change.
+    ``stored``: the history as the locator has it, read back from its stored form."""
     batch = [replace(o, transaction_id=f"b{o.transaction_id}") for o in batch]
     params = RuleParams()
     history = history_of(earlier)
+    if stored:
+        history = MemberHistory.from_bytes(history.to_bytes())
     timeline = derive_from_history(profile, history, params)
     before = {o.allocation_month: history.month_district(o.allocation_month) for o in batch}
     for observation in batch:
