@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from consumers.locator import LocatorConfig, LocatorProcess, _transient
+from eshram_locator.avro_codec import load_codec
 from eshram_locator.topics import TopicNames
+
+AVRO_DIR = Path(__file__).resolve().parents[2] / "avro"
 
 
 @pytest.mark.parametrize(
@@ -48,7 +52,7 @@ def test_with_the_broker_away_the_locator_is_not_caught_up() -> None:
     process = LocatorProcess(
         consumer=_BrokerAway(),  # type: ignore[arg-type]
         conninfo="",
-        codec=None,  # type: ignore[arg-type]
+        codec=load_codec(AVRO_DIR),
         locator=None,  # type: ignore[arg-type]
         relay=None,  # type: ignore[arg-type]
         config=LocatorConfig("g", TopicNames(""), 10, 0.1, timedelta(days=1), idle_exit_polls=1),
