@@ -267,8 +267,9 @@ def measure_ceiling(
 
     The runner's own objects (the simulated population: millions) are frozen out of the
     cyclic collector's sight while it runs, as a bare consumer process has none of them (and
-    as the locator freezes its start-up objects): otherwise the collections the decoded dicts
-    trigger traverse that heap, and the ceiling read anything from 37,000 to 74,000 /s."""
+    as the locator freezes its start-up objects), so that collector passes over that heap are
+    not part of the figure. The figure still varies from pass to pass on this shared machine
+    (46,530 to 67,472 /s in three passes of one run): bench/run reports the median."""
     consumer = clients.batch_consumer(
         namespace.bootstrap_servers,
         namespace.group("ceiling"),
