@@ -383,13 +383,15 @@ def _member_ref(row: MemberRow) -> str:
 def _in_content_order(collections: Sequence[RationCollection]) -> Sequence[RationCollection]:
     """The batch with each transaction once: of one seen twice, the smallest content (the
     order of distinct transactions does not matter to a history)."""
+    if len({(c.source, c.transaction_id) for c in collections}) == len(collections):
+        return collections  # the common case: no transaction twice
     kept: dict[tuple[str, str], RationCollection] = {}
     for collection in collections:
         key = (collection.source, collection.transaction_id)
         other = kept.get(key)
         if other is None or _content(collection) < _content(other):
             kept[key] = collection
-    return collections if len(kept) == len(collections) else list(kept.values())
+    return list(kept.values())
 
 
 def _content(collection: RationCollection) -> tuple[Any, ...]:
