@@ -39,6 +39,7 @@ from eshram_locator.intake import (
     RawMessage,
     dead_letter,
     fast_collection_reader,
+    fast_registration_reader,
     read_collection,
     read_registration,
 )
@@ -98,10 +99,12 @@ class LocatorProcess:
         self._consumer = consumer
         self._conninfo = conninfo
         self._codec = codec
-        # Most collections take the compiled reader; what it leaves (None) takes read_collection.
+        # Most records take the compiled readers; what they leave (None) takes read_collection
+        # or read_registration.
         self._read_fast = fast_collection_reader(codec)
-        if self._read_fast is None:
-            log.warning("compiled_collection_reader_unavailable")
+        self._read_registration_fast = fast_registration_reader(codec)
+        if self._read_fast is None or self._read_registration_fast is None:
+            log.warning("compiled_reader_unavailable")
         # Registrations that come in the current schema's single-object encoding are stored as
         # they came.
         self._current_registration = single_object_header(
@@ -258,6 +261,7 @@ class LocatorProcess:
         next_offsets: dict[tuple[str, int], int] = {}
         collections_topic, codec = self._config.topics.collections, self._codec
         read_fast, current_registration = self._read_fast, self._current_registration
+        read_registration_fast = self._read_registration_fast
         for message in messages:
             error = message.error()
             if error is not None:
@@ -268,10 +272,20 @@ class LocatorProcess:
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             if topic is None or partition is None or offset is None:
                 raise RetriableError("consumed a message without topic, partition or offset")
-            if topic == collections_topic and read_fast is not None:
-                collection = read_fast(message.value(), message.key())
-                if collection is not None:
-                    collections.append(collection)
+            if topic == collections_topic:
+                if read_fast is not None:
+                    collection = read_fast(message.value(), message.key())
+                    if collection is not None:
+                        collections.append(collection)
+                        next_offsets[(topic, partition)] = offset + 1
+                        continue
+            elif read_registration_fast is not None:
+                value = message.value()
+                registration = read_registration_fast(value, message.key())
+                if registration is not None:  # its bytes are the current schema's: kept
+                    registry.append(
+                        RegistryUpdate(registration.uan, registration, _timestamp(message), value)
+                    )
                     next_offsets[(topic, partition)] = offset + 1
                     continue
             headers = message.headers()

@@ -1,6 +1,7 @@
 /*
- * The collections stream's fast reader: one RationCollection from its single-object encoded
- * bytes, when they were written with the current schema, straight into the domain types.
+ * The input streams' fast reader: one RationCollection (or WorkerRegistration) from its
+ * single-object encoded bytes, when they were written with the current schema, straight into
+ * the domain types.
  *
  * It answers for the common case only and leaves everything else to the general path
  * (eshram_locator.intake.read_collection: fastavro, the Aadhaar guard, the checks of
@@ -15,6 +16,9 @@
  *     1970-2109.
  * Whatever it returns otherwise equals what the general path returns for the same bytes
  * (tests/unit/test_collection_reader.py checks both on generated and mutated records).
+ * read_registration() does the same for eshram_locator.intake.read_registration: its uan (12
+ * ASCII digits, equal to the key) is exempt from the digit-shape check, as from the Aadhaar
+ * guard; a boolean byte other than 0 or 1, or any of the cases above, gives None.
  *
  * Frozen slotted dataclasses are filled through their slots' member descriptors, as their
  * generated __init__ does through object.__setattr__, without its per-field Python calls.
@@ -29,6 +33,7 @@
 #define COLLECTION_FIELDS 12
 #define LOCATION_FIELDS 5
 #define ITEM_FIELDS 3
+#define REGISTRATION_FIELDS 8
 #define MAX_ITEMS 100
 #define CACHE_LIMIT 200000
 #define MAX_MILLIS (INT64_C(1) << 42) /* 2109-05-15 */
@@ -41,7 +46,7 @@ typedef struct {
 
 static struct {
     int configured;
-    Shape collection, location, item;
+    Shape collection, location, item, registration;
     PyObject *auth_modes;    /* tuple: enum index -> AuthMode */
     PyObject *portabilities; /* tuple: enum index -> Portability */
     PyObject *epoch;         /* datetime(1970, 1, 1, tzinfo=UTC) */
@@ -107,8 +112,8 @@ static int has_number_shape(const unsigned char *s, Py_ssize_t n) {
     return 0;
 }
 
-/* A string of printable ASCII without a number shape: its bytes and length. */
-static int read_text(Cursor *c, const unsigned char **text, Py_ssize_t *size) {
+/* A string of printable ASCII: its bytes and length. */
+static int read_ascii(Cursor *c, const unsigned char **text, Py_ssize_t *size) {
     int64_t length;
     if (read_long(c, &length) < 0 || length < 0 || length > c->end - c->at)
         return -1;
@@ -116,12 +121,17 @@ static int read_text(Cursor *c, const unsigned char **text, Py_ssize_t *size) {
     for (int64_t i = 0; i < length; i++)
         if (s[i] < 0x20 || s[i] > 0x7E)
             return -1;
-    if (length >= 12 && has_number_shape(s, (Py_ssize_t)length))
-        return -1;
     c->at += length;
     *text = s;
     *size = (Py_ssize_t)length;
     return 0;
+}
+
+/* A string of printable ASCII without a number shape. */
+static int read_text(Cursor *c, const unsigned char **text, Py_ssize_t *size) {
+    if (read_ascii(c, text, size) < 0)
+        return -1;
+    return *size >= 12 && has_number_shape(*text, *size) ? -1 : 0;
 }
 
 static PyObject *text_object(const unsigned char *text, Py_ssize_t size) {
@@ -354,9 +364,75 @@ static PyObject *timestamp(int64_t millis) {
     return instant;
 }
 
-/* --- read(header, payload, key) ----------------------------------------------------------- */
+/* --- WorkerRegistration ------------------------------------------------------------------- */
 
-static PyObject *decode(const unsigned char *body, Py_ssize_t size, const char *key,
+static PyObject *optional_location(Cursor *c, int *defer) {
+    int64_t branch;
+    if (read_long(c, &branch) < 0 || (branch != 0 && branch != 1)) {
+        *defer = 1;
+        return NULL;
+    }
+    if (branch == 0)
+        Py_RETURN_NONE;
+    return read_location(c, defer);
+}
+
+static int read_boolean(Cursor *c, PyObject **value) {
+    if (c->at >= c->end || *c->at > 1)
+        return -1;
+    *value = Py_NewRef(*c->at++ ? Py_True : Py_False);
+    return 0;
+}
+
+static PyObject *decode_registration(const unsigned char *body, Py_ssize_t size, const char *key,
+                                     Py_ssize_t key_size) {
+    Cursor c = {body, body + size};
+    const unsigned char *uan, *member, *occupation = NULL;
+    Py_ssize_t uan_size, member_size, occupation_size = 0;
+    int64_t branch, millis;
+    int defer = 0;
+
+    if (read_ascii(&c, &uan, &uan_size) < 0 || uan_size != 12 || !digits_at(uan, 12) ||
+        key_size != 12 || memcmp(uan, key, 12) != 0 || read_text(&c, &member, &member_size) < 0 ||
+        !not_blank(member, member_size))
+        Py_RETURN_NONE;
+    PyObject *permanent = read_location(&c, &defer);
+    if (permanent == NULL)
+        return defer ? Py_NewRef(Py_None) : NULL;
+    PyObject *present = optional_location(&c, &defer);
+    if (present == NULL) {
+        Py_DECREF(permanent);
+        return defer ? Py_NewRef(Py_None) : NULL;
+    }
+    PyObject *consent = NULL, *sms = NULL;
+    if (read_long(&c, &branch) < 0 || (branch != 0 && branch != 1) ||
+        (branch == 1 && read_text(&c, &occupation, &occupation_size) < 0) ||
+        read_boolean(&c, &consent) < 0 || read_boolean(&c, &sms) < 0 ||
+        read_long(&c, &millis) < 0 || millis < 0 || millis >= MAX_MILLIS || c.at != c.end) {
+        Py_XDECREF(consent);
+        Py_XDECREF(sms);
+        Py_DECREF(permanent);
+        Py_DECREF(present);
+        Py_RETURN_NONE;
+    }
+    PyObject *values[REGISTRATION_FIELDS] = {
+        text_object(uan, uan_size),
+        text_object(member, member_size),
+        permanent,
+        present,
+        branch == 1 ? text_object(occupation, occupation_size) : Py_NewRef(Py_None),
+        consent,
+        sms,
+        timestamp(millis),
+    };
+    return build(&reader.registration, values);
+}
+
+/* --- read(header, payload, key), read_registration(header, payload, key) ------------------ */
+
+typedef PyObject *(*Decoder)(const unsigned char *, Py_ssize_t, const char *, Py_ssize_t);
+
+static PyObject *decode_collection(const unsigned char *body, Py_ssize_t size, const char *key,
                         Py_ssize_t key_size) {
     Cursor c = {body, body + size};
     const unsigned char *transaction, *source, *card, *member, *fps, *month;
@@ -411,9 +487,9 @@ static PyObject *decode(const unsigned char *body, Py_ssize_t size, const char *
     return build(&reader.collection, values);
 }
 
-static PyObject *read_collection(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *framed(PyObject *const *args, Py_ssize_t nargs, Decoder decoder) {
     if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "read(header, payload, key) takes 3 arguments");
+        PyErr_SetString(PyExc_TypeError, "a reader takes 3 arguments: header, payload, key");
         return NULL;
     }
     if (!reader.configured) {
@@ -431,13 +507,21 @@ static PyObject *read_collection(PyObject *module, PyObject *const *args, Py_ssi
     const char *bytes = PyBytes_AS_STRING(payload);
     if (size < header_size || memcmp(bytes, PyBytes_AS_STRING(header), (size_t)header_size) != 0)
         Py_RETURN_NONE;
-    PyObject *made = decode((const unsigned char *)bytes + header_size, size - header_size,
-                            PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key));
+    PyObject *made = decoder((const unsigned char *)bytes + header_size, size - header_size,
+                             PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key));
     if (made == NULL && PyErr_ExceptionMatches(PyExc_OverflowError)) {
         PyErr_Clear(); /* a date datetime cannot hold: the general path decides */
         Py_RETURN_NONE;
     }
     return made;
+}
+
+static PyObject *read_collection(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    return framed(args, nargs, decode_collection);
+}
+
+static PyObject *read_registration(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    return framed(args, nargs, decode_registration);
 }
 
 /* --- configure(...) ----------------------------------------------------------------------- */
@@ -466,16 +550,19 @@ static int shape_of(Shape *shape, PyObject *type, PyObject *names, int expected)
 
 static PyObject *configure(PyObject *module, PyObject *args) {
     PyObject *collection, *collection_fields, *location, *location_fields, *item, *item_fields;
-    PyObject *auth_modes, *portabilities, *epoch, *states;
-    if (!PyArg_ParseTuple(args, "OO!OO!OO!O!O!OO:configure", &collection, &PyTuple_Type,
+    PyObject *registration, *registration_fields, *auth_modes, *portabilities, *epoch, *states;
+    if (!PyArg_ParseTuple(args, "OO!OO!OO!OO!O!O!OO:configure", &collection, &PyTuple_Type,
                           &collection_fields, &location, &PyTuple_Type, &location_fields, &item,
-                          &PyTuple_Type, &item_fields, &PyTuple_Type, &auth_modes, &PyTuple_Type,
+                          &PyTuple_Type, &item_fields, &registration, &PyTuple_Type,
+                          &registration_fields, &PyTuple_Type, &auth_modes, &PyTuple_Type,
                           &portabilities, &epoch, &states))
         return NULL;
     reader.configured = 0;
     if (shape_of(&reader.collection, collection, collection_fields, COLLECTION_FIELDS) < 0 ||
         shape_of(&reader.location, location, location_fields, LOCATION_FIELDS) < 0 ||
-        shape_of(&reader.item, item, item_fields, ITEM_FIELDS) < 0)
+        shape_of(&reader.item, item, item_fields, ITEM_FIELDS) < 0 ||
+        shape_of(&reader.registration, registration, registration_fields, REGISTRATION_FIELDS) <
+            0)
         return NULL;
     if (!PyDateTime_Check(epoch)) {
         PyErr_SetString(PyExc_TypeError, "epoch must be a datetime");
@@ -514,6 +601,8 @@ static PyObject *configure(PyObject *module, PyObject *args) {
 static PyMethodDef methods[] = {
     {"read", (PyCFunction)(void (*)(void))read_collection, METH_FASTCALL,
      "read(header, payload, key) -> RationCollection | None"},
+    {"read_registration", (PyCFunction)(void (*)(void))read_registration, METH_FASTCALL,
+     "read_registration(header, payload, key) -> WorkerRegistration | None"},
     {"configure", configure, METH_VARARGS, "Set the domain classes and tables read() uses."},
     {NULL, NULL, 0, NULL},
 };

@@ -1,10 +1,13 @@
-# The compiled collections reader (_collection_reader.c); see intake.fast_collection_reader.
+# The compiled input readers (_collection_reader.c); see intake.fast_collection_reader.
 from collections.abc import Iterable
 from datetime import datetime
 
-from eshram_locator.domain.model import RationCollection
+from eshram_locator.domain.model import RationCollection, WorkerRegistration
 
 def read(header: bytes, payload: bytes | None, key: bytes | None, /) -> RationCollection | None: ...
+def read_registration(
+    header: bytes, payload: bytes | None, key: bytes | None, /
+) -> WorkerRegistration | None: ...
 def configure(
     collection: type,
     collection_fields: tuple[str, ...],
@@ -12,6 +15,8 @@ def configure(
     location_fields: tuple[str, ...],
     item: type,
     item_fields: tuple[str, ...],
+    registration: type,
+    registration_fields: tuple[str, ...],
     auth_modes: tuple[object, ...],
     portabilities: tuple[object, ...],
     epoch: datetime,

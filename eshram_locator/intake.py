@@ -77,17 +77,21 @@ def read_collection(codec: AvroCodec, message: RawMessage) -> RationCollection:
     return collection
 
 
-# --- the collections stream's fast path -------------------------------------------------------
+# --- the input streams' fast path -----------------------------------------------------------
 
 try:
     from eshram_locator import _collection_reader
 except ImportError:  # installed where no C compiler was found: the extension is optional
     _collection_reader = None  # type: ignore[assignment]
 
-COMPILED_SCHEMA: Final = 0x011622E5C63BAD61
-"""The canonical-form fingerprint of the RationCollection schema _collection_reader.c reads."""
+COMPILED_SCHEMAS: Final = {
+    RATION_COLLECTION: 0x011622E5C63BAD61,
+    WORKER_REGISTRATION: 0x1C507CE545A05EE8,
+}
+"""The canonical-form fingerprints of the schemas _collection_reader.c reads."""
 
 FastCollectionRead = Callable[[bytes | None, bytes | None], RationCollection | None]
+FastRegistrationRead = Callable[[bytes | None, bytes | None], WorkerRegistration | None]
 
 
 def fast_collection_reader(codec: AvroCodec) -> FastCollectionRead | None:
@@ -98,10 +102,27 @@ def fast_collection_reader(codec: AvroCodec) -> FastCollectionRead | None:
 
     None when the extension is not built, or the current schema is not the one it reads.
     """
-    current = codec.catalog.current(RATION_COLLECTION)
-    if _collection_reader is None or current.fingerprint != COMPILED_SCHEMA:
+    header = _compiled_header(codec, RATION_COLLECTION)
+    if header is None or _collection_reader is None:
         return None
-    by_name = {field["name"]: field["type"] for field in current.parsed["fields"]}
+    return partial(_collection_reader.read, header)
+
+
+def fast_registration_reader(codec: AvroCodec) -> FastRegistrationRead | None:
+    """As ``fast_collection_reader``, for ``read_registration`` (None for a tombstone too)."""
+    header = _compiled_header(codec, WORKER_REGISTRATION)
+    if header is None or _collection_reader is None:
+        return None
+    return partial(_collection_reader.read_registration, header)
+
+
+def _compiled_header(codec: AvroCodec, record: str) -> bytes | None:
+    """Configures the extension; the header of the current ``record`` schema if it reads it."""
+    current = codec.catalog.current(record)
+    if _collection_reader is None or current.fingerprint != COMPILED_SCHEMAS[record]:
+        return None
+    collection = codec.catalog.current(RATION_COLLECTION).parsed
+    by_name = {field["name"]: field["type"] for field in collection["fields"]}
     _collection_reader.configure(
         RationCollection,
         tuple(field.name for field in fields(RationCollection)),
@@ -109,12 +130,14 @@ def fast_collection_reader(codec: AvroCodec) -> FastCollectionRead | None:
         tuple(field.name for field in fields(Location)),
         CollectionItem,
         tuple(field.name for field in fields(CollectionItem)),
+        WorkerRegistration,
+        tuple(field.name for field in fields(WorkerRegistration)),
         tuple(AuthMode(symbol) for symbol in by_name["auth_mode"]["symbols"]),
         tuple(Portability(symbol) for symbol in by_name["portability"]["symbols"]),
         datetime(1970, 1, 1, tzinfo=UTC),
         tuple(STATES_BY_LGD),
     )
-    return partial(_collection_reader.read, single_object_header(current.fingerprint))
+    return single_object_header(current.fingerprint)
 
 
 def read_registration(codec: AvroCodec, message: RawMessage) -> WorkerRegistration | None:

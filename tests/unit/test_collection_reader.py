@@ -1,9 +1,11 @@
-"""The compiled collections reader (``intake.fast_collection_reader``) against the general path.
+"""The compiled readers (``intake.fast_collection_reader``, ``fast_registration_reader``)
+against the general path.
 
-Its contract: for any bytes, it returns None, or a collection equal to what ``read_collection``
-returns for the same message (which then must not raise). It must also take the common case:
-a plain record of the current schema, such as every record the simulator writes.
-The fuzz tests (test_intake_fuzz.py) check the same contract on their hostile inputs.
+Their contract: for any bytes, they return None, or a record equal to what ``read_collection``
+(``read_registration``) returns for the same message (which then must not raise). They must
+also take the common case: a plain record of the current schema, such as every record the
+simulator writes. The fuzz tests (test_intake_fuzz.py) check the same contract on their
+hostile inputs.
 """
 
 from __future__ import annotations
@@ -21,19 +23,27 @@ from hypothesis import strategies as st
 
 from eshram_locator.avro_codec import SINGLE_OBJECT_MAGIC, SchemaCatalog, load_codec
 from eshram_locator.domain.aadhaar import verhoeff_check_digit
-from eshram_locator.domain.model import AuthMode, Portability, RationCollection
+from eshram_locator.domain.model import (
+    AuthMode,
+    Portability,
+    RationCollection,
+    WorkerRegistration,
+)
 from eshram_locator.errors import PermanentRecordError
 from eshram_locator.intake import (
-    COMPILED_SCHEMA,
+    COMPILED_SCHEMAS,
     FastCollectionRead,
+    FastRegistrationRead,
     RawMessage,
     fast_collection_reader,
+    fast_registration_reader,
     read_collection,
+    read_registration,
 )
-from eshram_locator.records import ration_collection_to_avro
+from eshram_locator.records import ration_collection_to_avro, worker_registration_to_avro
 from eshram_locator.simulator.config import SimulationConfig
 from eshram_locator.simulator.population import simulate
-from tests.fuzz_inputs import COLLECTION
+from tests.fuzz_inputs import COLLECTION, REGISTRATION
 
 AVRO_DIR = Path(__file__).resolve().parents[2] / "avro"
 CODEC = load_codec(AVRO_DIR)
@@ -64,13 +74,15 @@ def encode(datum: dict[str, Any]) -> bytes:
     return CODEC.encode("RationCollection", datum)
 
 
-def test_the_compiled_reader_reads_the_current_schema() -> None:
-    current = SchemaCatalog.load(AVRO_DIR).current("RationCollection")
-    assert current.fingerprint == COMPILED_SCHEMA, (
-        "avro/RationCollection.avsc changed: update eshram_locator/_collection_reader.c to "
-        "read it, then intake.COMPILED_SCHEMA"
-    )
+def test_the_compiled_readers_read_the_current_schemas() -> None:
+    catalog = SchemaCatalog.load(AVRO_DIR)
+    for record, fingerprint in COMPILED_SCHEMAS.items():
+        assert catalog.current(record).fingerprint == fingerprint, (
+            f"avro/{record}.avsc changed: update eshram_locator/_collection_reader.c to read "
+            "it, then intake.COMPILED_SCHEMAS"
+        )
     compiled()
+    compiled_registration()
 
 
 def test_every_simulated_collection_takes_the_compiled_path() -> None:
@@ -276,7 +288,9 @@ def test_what_the_general_path_must_decide_is_left_to_it() -> None:
         "trailing byte": (encode(datum) + b"\x00", key),
         "truncated": (encode(datum)[:-3], key),
         "another schema": (
-            SINGLE_OBJECT_MAGIC + (COMPILED_SCHEMA + 1).to_bytes(8, "little") + encode(datum)[10:],
+            SINGLE_OBJECT_MAGIC
+            + (COMPILED_SCHEMAS["RationCollection"] + 1).to_bytes(8, "little")
+            + encode(datum)[10:],
             key,
         ),
         "confluent framing": (b"\x00\x00\x00\x00\x07" + encode(datum)[10:], key),
@@ -337,3 +351,141 @@ def test_equal_parts_are_shared() -> None:
     assert two is not None
     assert one.fps_location is two.fps_location
     assert one.items is two.items
+
+
+# --- registrations ---------------------------------------------------------------------------
+
+
+def compiled_registration() -> FastRegistrationRead:
+    read = fast_registration_reader(CODEC)
+    assert read is not None, "the C extension eshram_locator._collection_reader is not built"
+    return read
+
+
+def registration_agrees(value: bytes, key: bytes | None) -> WorkerRegistration | None:
+    fast = compiled_registration()(value, key)
+    if fast is not None:
+        message = RawMessage("eshram.worker-registry.v1", 0, 0, key, value)
+        assert fast == read_registration(CODEC, message)
+        assert fast.updated_at.tzinfo is UTC
+    return fast
+
+
+def encode_registration(datum: dict[str, Any]) -> bytes:
+    return CODEC.encode("WorkerRegistration", datum)
+
+
+def registration_datum(text: st.SearchStrategy[str]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries(
+        {
+            "uan": st.sampled_from(["100000000009", "234567890123", "12345678901", "1000000000x9"]),
+            "member_ref": text,
+            "permanent_address": location(text),
+            "present_address": st.none() | location(text),
+            "occupation_nco": st.none() | text,
+            "consent_state_sharing": st.booleans(),
+            "sms_reachable": st.booleans(),
+            "updated_at": st.datetimes(
+                min_value=datetime(1960, 1, 1),
+                max_value=datetime(2200, 1, 1),
+                timezones=st.just(UTC),
+            ).map(lambda t: t.replace(microsecond=t.microsecond // 1000 * 1000)),
+        }
+    )
+
+
+@PROPERTY
+@given(datum=registration_datum(PLAIN | ANY_TEXT), right_key=st.booleans())
+def test_any_registration_reads_as_the_general_path_reads_it_or_is_left_to_it(
+    datum: dict[str, Any], right_key: bool
+) -> None:
+    key = datum["uan"].encode() if right_key else b"100000000001"
+    registration_agrees(encode_registration(datum), key)
+
+
+@PROPERTY
+@given(datum=registration_datum(PLAIN))
+def test_a_plain_valid_registration_takes_the_compiled_path(datum: dict[str, Any]) -> None:
+    datum["uan"] = "100000000009"
+    for address in (datum["permanent_address"], datum["present_address"]):
+        if address is not None:
+            address["state_lgd"] = 9
+            address["district_lgd"] = max(1, address["district_lgd"])
+    datum["updated_at"] = max(datum["updated_at"], datetime(1970, 1, 1, tzinfo=UTC))
+    datum["updated_at"] = min(datum["updated_at"], datetime(2100, 1, 1, tzinfo=UTC))
+    assert registration_agrees(encode_registration(datum), b"100000000009") is not None
+
+
+@PROPERTY
+@given(
+    datum=registration_datum(PLAIN),
+    at=st.integers(0, 300),
+    replacement=st.binary(min_size=1, max_size=3),
+    cut=st.booleans(),
+)
+def test_damaged_registrations_are_read_as_the_general_path_reads_them_or_left_to_it(
+    datum: dict[str, Any], at: int, replacement: bytes, cut: bool
+) -> None:
+    value = encode_registration(datum)
+    at = 10 + at % max(1, len(value) - 10)
+    damaged = value[:at] if cut else value[:at] + replacement + value[at + len(replacement) :]
+    key = datum["uan"].encode()
+    if compiled_registration()(damaged, key) is not None:
+        registration_agrees(damaged, key)
+
+
+def test_every_simulated_registration_takes_the_compiled_path() -> None:
+    simulation = simulate(SimulationConfig(workers=300, months=4, seed=11))
+    registrations = [
+        m.value for m in simulation.messages() if isinstance(m.value, WorkerRegistration)
+    ]
+    assert len(registrations) >= 300
+    for registration in registrations:
+        value = encode_registration(worker_registration_to_avro(registration))
+        assert registration_agrees(value, registration.uan.encode()) == registration
+
+
+def test_what_the_general_path_must_decide_about_a_registration_is_left_to_it() -> None:
+    datum = worker_registration_to_avro(REGISTRATION)
+    key = REGISTRATION.uan.encode()
+    home = datum["permanent_address"]
+    cases: dict[str, tuple[bytes | None, bytes | None]] = {
+        "aadhaar in member_ref": (encode_registration({**datum, "member_ref": NUMBER}), key),
+        "aadhaar in occupation": (
+            encode_registration(
+                {**datum, "occupation_nco": f"{NUMBER[:4]} {NUMBER[4:8]} {NUMBER[8:]}"}
+            ),
+            key,
+        ),
+        "uan of 11 digits": (encode_registration({**datum, "uan": "10000000009"}), b"10000000009"),
+        "another key": (encode_registration(datum), b"100000000001"),
+        "no key": (encode_registration(datum), None),
+        "tombstone": (None, key),
+        "unknown state": (
+            encode_registration({**datum, "present_address": {**home, "state_lgd": 99}}),
+            key,
+        ),
+        "district 0": (
+            encode_registration({**datum, "permanent_address": {**home, "district_lgd": 0}}),
+            key,
+        ),
+        "control character": (encode_registration({**datum, "occupation_nco": "93\n13"}), key),
+        "blank member_ref": (encode_registration({**datum, "member_ref": " "}), key),
+        "trailing byte": (encode_registration(datum) + b"\x00", key),
+        "collection header": (
+            encode(ration_collection_to_avro(COLLECTION))[:10] + encode_registration(datum)[10:],
+            key,
+        ),
+    }
+    read = compiled_registration()
+    for name, (value, message_key) in cases.items():
+        assert read(value, message_key) is None, name
+    boolean_at = len(encode_registration(datum)) - 1 - len(zigzag(epoch_millis(REGISTRATION)))
+    broken = bytearray(encode_registration(datum))
+    assert broken[boolean_at] in (0, 1)
+    broken[boolean_at] = 2  # a boolean byte other than 0 or 1
+    assert read(bytes(broken), key) is None
+
+
+def epoch_millis(registration: WorkerRegistration) -> int:
+    return (registration.updated_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)

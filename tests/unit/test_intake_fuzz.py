@@ -6,8 +6,8 @@ Properties, over >= 10,000 inputs in all (``FUZZ_EXAMPLES`` per test):
 - ``read_collection`` / ``read_registration`` return a record or raise a
   ``PermanentRecordError``; never another exception;
 - what they return is storable and carries no Aadhaar-like number (outside ``uan``);
-- the compiled reader (``fast_collection_reader``) returns None or what ``read_collection``
-  returns, never a record it rejects;
+- the compiled readers (``fast_collection_reader``, ``fast_registration_reader``) return None
+  or what ``read_collection`` (``read_registration``) returns, never a record it rejects;
 - what they reject, ``dead_letter`` turns into a DLQ row with the error class, a reason and the
   source coordinates, and no Aadhaar-like number anywhere in its key, value or headers.
 """
@@ -31,6 +31,7 @@ from eshram_locator.intake import (
     RejectedRecord,
     dead_letter,
     fast_collection_reader,
+    fast_registration_reader,
     read_collection,
     read_registration,
 )
@@ -56,14 +57,17 @@ ERROR_CLASSES = {
 }
 CODEC: AvroCodec = load_codec(AVRO_DIR)
 READ_COMPILED = fast_collection_reader(CODEC)
+READ_REGISTRATION_COMPILED = fast_registration_reader(CODEC)
 OUTCOMES: Counter[str] = Counter()
 
 
 def intake(message: RawMessage) -> str:
     """The locator's intake of one message: 'processed' or the DLQ error class."""
-    compiled = None
+    compiled: RationCollection | WorkerRegistration | None = None
     if message.topic == NAMES.collections and READ_COMPILED is not None:
         compiled = READ_COMPILED(message.value, message.key)
+    elif message.topic != NAMES.collections and READ_REGISTRATION_COMPILED is not None:
+        compiled = READ_REGISTRATION_COMPILED(message.value, message.key)
     try:
         if message.topic == NAMES.collections:
             record: RationCollection | WorkerRegistration | None = read_collection(CODEC, message)
@@ -76,7 +80,7 @@ def intake(message: RawMessage) -> str:
         return error.error_class
     if compiled is not None:
         assert compiled == record, "the compiled reader read another record"
-        OUTCOMES["compiled"] += 1
+        OUTCOMES[f"compiled {type(compiled).__name__}"] += 1
     if record is not None:
         _, datum = to_avro(record)
         assert scan_record(datum) == [], "an Aadhaar-like number got through"
@@ -263,7 +267,9 @@ def test_the_fuzzing_reached_every_outcome() -> None:
         intake(fuzz_message(rng, CODEC, NAMES, offset=offset))
     assert OUTCOMES["processed"] > 0
     assert READ_COMPILED is not None
-    assert OUTCOMES["compiled"] > 0
+    assert READ_REGISTRATION_COMPILED is not None
+    assert OUTCOMES["compiled RationCollection"] > 0
+    assert OUTCOMES["compiled WorkerRegistration"] > 0
     assert {
         "decode_error",
         "wrong_magic",
