@@ -189,15 +189,19 @@ def test_a_plain_valid_record_takes_the_compiled_path(datum: dict[str, Any]) -> 
 def test_damaged_bytes_are_read_as_the_general_path_reads_them_or_left_to_it(
     datum: dict[str, Any], at: int, replacement: bytes, cut: bool
 ) -> None:
-    value = encode(datum)
-    at = 10 + at % max(1, len(value) - 10)
-    damaged = value[:at] if cut else value[:at] + replacement + value[at + len(replacement) :]
+    damaged = damage(encode(datum), at, replacement, cut)
     key = datum["member_ref"].encode()
     if compiled()(damaged, key) is not None:
         agrees(damaged, key)
     else:  # what it leaves, the general path reads or rejects with a reason, as always
         with contextlib.suppress(PermanentRecordError):
             general(damaged, key)
+
+
+def damage(value: bytes, at: int, replacement: bytes, cut: bool) -> bytes:
+    """The record cut short, or with bytes overwritten, somewhere after its 10-byte header."""
+    at = 10 + at % max(1, len(value) - 10)
+    return value[:at] if cut else value[:at] + replacement + value[at + len(replacement) :]
 
 
 def without_items(collection: RationCollection) -> bytes:
@@ -426,9 +430,7 @@ def test_a_plain_valid_registration_takes_the_compiled_path(datum: dict[str, Any
 def test_damaged_registrations_are_read_as_the_general_path_reads_them_or_left_to_it(
     datum: dict[str, Any], at: int, replacement: bytes, cut: bool
 ) -> None:
-    value = encode_registration(datum)
-    at = 10 + at % max(1, len(value) - 10)
-    damaged = value[:at] if cut else value[:at] + replacement + value[at + len(replacement) :]
+    damaged = damage(encode_registration(datum), at, replacement, cut)
     key = datum["uan"].encode()
     if compiled_registration()(damaged, key) is not None:
         registration_agrees(damaged, key)
