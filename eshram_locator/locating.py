@@ -101,7 +101,9 @@ class Locator:
         outcome = BatchOutcome()
         registry_refs: set[str] = set()
         if registry:
-            known = store.workers({update.uan for update in registry}, lock=False)
+            known = store.workers(
+                {update.uan for update in registry}, lock=False, registration=False
+            )
             registry_refs.update(worker.member_ref for worker in known.values())
             registry_refs.update(u.registration.member_ref for u in registry if u.registration)
         members = store.lock_members({c.member_ref for c in collections} | registry_refs)
@@ -177,7 +179,7 @@ class Locator:
                 members[ref].history,
                 months,
                 (worker.current_state_lgd, worker.current_district_lgd),
-                worker.baselines[-1][0] if worker.baselines else None,
+                worker.last_rebaseline,
             )
         }
         return changed, moved
@@ -260,9 +262,13 @@ class Locator:
             return []
         derived: list[tuple[StoredWorker, WorkerProfile, Timeline, list[str]]] = []
         stale_ids: list[str] = []
+        # Read after their members' rows were locked: no other batch changes them now.
+        workers = store.workers(
+            (row.worker.uan for row in targets if row.worker), lock=False, registration=False
+        )
         for row in targets:
-            worker = row.worker
-            assert worker is not None  # targets are registered members
+            assert row.worker is not None  # targets are registered members
+            worker = workers[row.worker.uan]
             profile = self._profile(worker)
             timeline = derive_from_history(profile, row.history, self._params)
             stale = stale_event_ids(timeline, worker.active_event_ids)

@@ -39,14 +39,25 @@ class StoredWorker:
 
 
 @dataclass(slots=True)
+class WorkerHead:
+    """What adding collections reads of a worker row; ``workers()`` reads the whole row."""
+
+    uan: str
+    current_state_lgd: int
+    current_district_lgd: int
+    last_rebaseline: str | None  # the month of the latest re-baseline (rule 11), None if none
+
+
+@dataclass(slots=True)
 class MemberRow:
-    """A member, locked for the batch: their history and, when registered, their worker row."""
+    """A member, locked for the batch: their history and, when registered, their worker's
+    head (see ``WorkerHead``)."""
 
     member_ref: str
     uan: str | None
     deregistered_at: datetime | None
     history: MemberHistory
-    worker: StoredWorker | None
+    worker: WorkerHead | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +204,8 @@ class LocatorStore:
         not read again (a history deleted since comes back empty)."""
         history = "m.history" if histories is None else "m.history IS NULL"
         query = (
-            f"SELECT m.member_ref, m.uan, m.deregistered_at, {history}, {_HOT_WORKER_COLUMNS}"
+            f"SELECT m.member_ref, m.uan, m.deregistered_at, {history}, w.uan,"
+            " w.current_state_lgd, w.current_district_lgd, w.baselines -> -1 ->> 0"
             " FROM members m LEFT JOIN workers w ON w.uan = m.uan"
             " WHERE m.member_ref = ANY(string_to_array(%s, %s)) ORDER BY m.member_ref"
         )
@@ -213,7 +225,7 @@ class LocatorStore:
                 uan,
                 deregistered_at,
                 kept,
-                StoredWorker(*worker) if worker[0] is not None else None,
+                WorkerHead(*worker) if worker[0] is not None else None,
             )
         return found
 
@@ -240,11 +252,16 @@ class LocatorStore:
             ([ref for ref, _ in assignments], [uan for _, uan in assignments]),
         )
 
-    def workers(self, uans: Iterable[str], *, lock: bool) -> dict[str, StoredWorker]:
+    def workers(
+        self, uans: Iterable[str], *, lock: bool, registration: bool = True
+    ) -> dict[str, StoredWorker]:
+        """The given workers' rows; ``registration=False``: the Avro registration only for rows
+        without a profile (written before migration 0002)."""
         keys = sorted(set(uans))
         if not keys:
             return {}
-        query = f"SELECT {_FULL_WORKER_COLUMNS} FROM workers w WHERE w.uan = ANY(%b) ORDER BY w.uan"
+        columns = _FULL_WORKER_COLUMNS if registration else _HOT_WORKER_COLUMNS
+        query = f"SELECT {columns} FROM workers w WHERE w.uan = ANY(%b) ORDER BY w.uan"
         if lock:
             query += " FOR UPDATE"
         rows = self._conn.execute(query.encode(), (keys,), binary=True)
