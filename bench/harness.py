@@ -630,10 +630,12 @@ def postmaster_pid(dsn: str) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class CpuSnapshot:
-    """System-wide busy and total CPU seconds, and the PostgreSQL server's (every backend)."""
+    """System-wide busy and total CPU seconds, and the PostgreSQL server's (every backend).
+    Busy includes steal: time the hypervisor gave this guest's CPUs to another."""
 
     busy_s: float
     total_s: float
+    steal_s: float
     postgres_s: float
     at: float  # time.monotonic()
 
@@ -650,6 +652,7 @@ class CpuSnapshot:
         return cls(
             (sum(values[:8]) - idle) / _TICKS,
             sum(values[:8]) / _TICKS,
+            values[7] / _TICKS,
             postgres,
             time.monotonic(),
         )
@@ -669,6 +672,7 @@ def cpu_split(
     return {
         "machine_busy_cores": round(busy, 2),
         "machine_cores": round((after.total_s - before.total_s) / wall, 2),
+        "steal_cores": round((after.steal_s - before.steal_s) / wall, 2),
         "locator_cores": round(locator, 2),
         "postgres_cores": round(postgres, 2),
         "other_cores": round(busy - postgres - locator, 2),
