@@ -103,21 +103,18 @@ def fast_collection_reader(codec: AvroCodec) -> FastCollectionRead | None:
     None when the extension is not built, or the current schema is not the one it reads.
     """
     header = _compiled_header(codec, RATION_COLLECTION)
-    if header is None or _collection_reader is None:
-        return None
-    return partial(_collection_reader.read, header)
+    return None if header is None else partial(_collection_reader.read, header)
 
 
 def fast_registration_reader(codec: AvroCodec) -> FastRegistrationRead | None:
     """As ``fast_collection_reader``, for ``read_registration`` (None for a tombstone too)."""
     header = _compiled_header(codec, WORKER_REGISTRATION)
-    if header is None or _collection_reader is None:
-        return None
-    return partial(_collection_reader.read_registration, header)
+    return None if header is None else partial(_collection_reader.read_registration, header)
 
 
 def _compiled_header(codec: AvroCodec, record: str) -> bytes | None:
-    """Configures the extension; the header of the current ``record`` schema if it reads it."""
+    """Configures the extension; the header of the current ``record`` schema if it reads it
+    (None when the extension is not built or reads another version of the schema)."""
     current = codec.catalog.current(record)
     if _collection_reader is None or current.fingerprint != COMPILED_SCHEMAS[record]:
         return None
