@@ -37,7 +37,7 @@ from eshram_locator.intake import (
 )
 from eshram_locator.records import to_avro
 from eshram_locator.topics import TopicNames, dlq
-from tests.fuzz_inputs import AVRO_DIR, COLLECTION, fuzz_message
+from tests.fuzz_inputs import AVRO_DIR, COLLECTION, REGISTRATION, fuzz_message
 
 FUZZ_EXAMPLES = 2_500  # x 4 tests + the explicit cases: > 10,000 inputs
 FUZZ = settings(
@@ -88,6 +88,19 @@ def intake(message: RawMessage) -> str:
     return "processed"
 
 
+def exempt_uan(message: RawMessage) -> set[str]:
+    """A registration's uan, when its value decodes: exempt from the Aadhaar guard by contract
+    (a uan may look like an Aadhaar number), so the dead letter keeps it as it came."""
+    if message.topic != NAMES.registry or not message.value:
+        return set()
+    try:
+        _, datum = CODEC.decode(message.value, "WorkerRegistration")
+    except DecodeError:
+        return set()
+    uan = datum.get("uan")
+    return {uan} if isinstance(uan, str) else set()
+
+
 def check_dead_letter(message: RawMessage, error: PermanentRecordError) -> None:
     row = dead_letter(message, error)
     assert row.topic == dlq(message.topic)
@@ -102,7 +115,8 @@ def check_dead_letter(message: RawMessage, error: PermanentRecordError) -> None:
         row.value or b"",
         *(f"{k}={v!r}".encode() for k, v in headers.items()),
     ):
-        assert not find_aadhaar_like(blob.decode("latin-1")), "a raw Aadhaar number in the DLQ"
+        found = set(find_aadhaar_like(blob.decode("latin-1"))) - exempt_uan(message)
+        assert not found, "a raw Aadhaar number in the DLQ"
     if not isinstance(error, RejectedRecord):
         # Kept as they came, but for Aadhaar-like digit runs (same length: masked in place).
         assert len(row.value or b"") == len(message.value or b"")
@@ -258,6 +272,20 @@ def test_a_raw_aadhaar_record_is_dead_lettered_masked_with_reason_and_coordinate
         for k, v in CODEC.decode(message.value or b"")[1].items()
         if k not in ("member_ref", "fps_id")
     }
+
+
+def test_a_uan_that_looks_like_an_aadhaar_number_stays_in_the_dead_letter() -> None:
+    """Found by the fuzzer: the uan is exempt from the guard by contract, even when it looks
+    like an Aadhaar number; the same digits in member_ref are masked."""
+    number = "20000000000" + verhoeff_check_digit("20000000000")
+    datum = {**to_avro(REGISTRATION)[1], "uan": number, "member_ref": number}
+    message = raw(NAMES.registry, CODEC.encode("WorkerRegistration", datum), number.encode())
+    assert intake(message) == "raw_aadhaar"
+    with pytest.raises(RejectedRecord) as rejected:
+        read_registration(CODEC, message)
+    _, masked = CODEC.decode(dead_letter(message, rejected.value).value or b"")
+    assert masked["uan"] == number
+    assert masked["member_ref"] == f"XXXXXXXX{number[-4:]}"
 
 
 def test_the_fuzzing_reached_every_outcome() -> None:
