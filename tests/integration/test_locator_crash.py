@@ -57,6 +57,8 @@ def test_sigkill_at_random_moments_loses_nothing_and_applies_nothing_twice(
     rng = random.Random(5)
     kills = 0
     command, env = locator_command(pipeline)
+    # Small batches and short waits, so that six kills land before the input runs out.
+    env["LOCATOR_BATCH_SIZE"] = "100"
     while kills < KILLS:
         before = committed(pipeline.endpoints.postgres_dsn)
         process = subprocess.Popen(command, env=env)
@@ -67,7 +69,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_applies_nothing_twice(
                 assert process.poll() is None, "the locator exited on its own"
                 assert time.monotonic() < deadline, "the locator made no progress"
                 time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 0.25))
+            time.sleep(rng.uniform(0.0, 0.1))
         finally:
             process.send_signal(signal.SIGKILL)
             process.wait(10)
