@@ -144,44 +144,55 @@ class Locator:
         does), never the first to arrive.
         """
         changed: set[str] = set()
+        moved: set[str] = set()
         touched: dict[str, dict[str, District | None]] = {}
-        for collection in _in_content_order(collections):
-            ref = collection.member_ref
+        for ref, batch in _by_member(_in_content_order(collections)).items():
             row = members[ref]
-            if (
-                row.uan is None
-                and row.deregistered_at is not None
-                and collection.transacted_at <= row.deregistered_at
-            ):
-                continue  # the deleted worker's history (rule 11), arriving late
+            worker = row.worker
+            if row.uan is not None or row.deregistered_at is None:  # no late ones to skip
+                merged = row.history.merge_later(
+                    batch,
+                    None if worker is None else worker.current_district,
+                    None if worker is None else worker.last_rebaseline,
+                )
+                if merged is not None:
+                    counted, moves = merged
+                    if counted:
+                        outcome.new_observations += counted
+                        changed.add(ref)
+                    if moves:
+                        moved.add(ref)
+                    continue
             history = row.history
-            month = collection.allocation_month
-            before = touched.get(ref)
-            if before is None:
-                before = touched[ref] = {}
-            if month not in before:
-                before[month] = history.month_district(month)
-            if history.add(
-                observation_key(collection.source, collection.transaction_id),
-                month,
-                epoch_us(collection.transacted_at),
-                collection.auth_mode.is_biometric,
-                collection.fps_id,
-                collection.fps_location,
-            ):
-                outcome.new_observations += 1
-                changed.add(ref)
-        moved = {
+            before = touched[ref] = {}
+            for collection in batch:
+                if (
+                    row.uan is None
+                    and row.deregistered_at is not None
+                    and collection.transacted_at <= row.deregistered_at
+                ):
+                    continue  # the deleted worker's history (rule 11), arriving late
+                month = collection.allocation_month
+                if month not in before:
+                    before[month] = history.month_district(month)
+                if history.add(
+                    observation_key(collection.source, collection.transaction_id),
+                    month,
+                    epoch_us(collection.transacted_at),
+                    collection.auth_mode.is_biometric,
+                    collection.fps_id,
+                    collection.fps_location,
+                ):
+                    outcome.new_observations += 1
+                    changed.add(ref)
+        moved.update(
             ref
             for ref, months in touched.items()
             if (worker := members[ref].worker) is not None
             and may_move(
-                members[ref].history,
-                months,
-                (worker.current_state_lgd, worker.current_district_lgd),
-                worker.last_rebaseline,
+                members[ref].history, months, worker.current_district, worker.last_rebaseline
             )
-        }
+        )
         return changed, moved
 
     # --- rule 11: the registry ---------------------------------------------------------------
@@ -384,6 +395,17 @@ def profile_json(permanent: Location, present: Location | None, sms_reachable: b
 
 def _member_ref(row: MemberRow) -> str:
     return row.member_ref
+
+
+def _by_member(collections: Sequence[RationCollection]) -> dict[str, list[RationCollection]]:
+    grouped: dict[str, list[RationCollection]] = {}
+    for collection in collections:
+        batch = grouped.get(collection.member_ref)
+        if batch is None:
+            grouped[collection.member_ref] = [collection]
+        else:
+            batch.append(collection)
+    return grouped
 
 
 def _in_content_order(collections: Sequence[RationCollection]) -> Sequence[RationCollection]:

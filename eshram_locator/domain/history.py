@@ -26,7 +26,17 @@ from typing import Any
 
 import orjson
 
-from eshram_locator.domain.model import District, Location
+from eshram_locator.domain.model import AuthMode, District, Location, RationCollection
+
+try:
+    from eshram_locator.domain import _history_merge
+except ImportError:  # built without a C compiler: MemberHistory.add does all the work
+    _history_merge = None  # type: ignore[assignment]
+else:
+    _history_merge.configure(
+        tuple(mode for mode in AuthMode if mode.is_biometric),
+        tuple(mode for mode in AuthMode if not mode.is_biometric),
+    )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -241,6 +251,40 @@ class MemberHistory:
         )
         entry[_PRESENCE].sort(key=_district_order)
         return True
+
+    def merge_later(
+        self,
+        collections: list[RationCollection],
+        current: tuple[int, int] | None,
+        last_rebaseline: str | None,
+    ) -> tuple[int, bool] | None:
+        """Add one member's collections, each transaction once, in one compiled step (the C
+        extension ``_history_merge``), when the history is unchanged since it was read and
+        every collection is of a month after every stored month: the common batch.
+
+        Returns (transactions counted, whether the worker's timeline may have changed): the
+        count of ``add`` calls that returned True, and ``may_move(history, before, current,
+        last_rebaseline)`` with ``before`` None for each month (none was stored); False when
+        ``current`` is None (no registered worker). None: nothing was done (another case, or
+        no compiled extension); ``add`` each collection instead. The keys are those of
+        ``store.observation_key``: "source/transaction_id".
+        """
+        if _history_merge is None or self._changed or self._new_digests:
+            return None
+        merged = _history_merge.merge_later(
+            self._digests, self._tail, collections, current, last_rebaseline
+        )
+        if merged is None:
+            return None
+        digests, lines, counted, moves = merged
+        if counted:
+            self._digests += digests
+            self._tail = _LINE_END.join((self._tail, lines)) if self._tail else lines
+            last = lines.rfind(_LINE_END) + 1
+            self._last_stored = lines[last : last + _MONTH_BYTES].decode()
+            self._last_present = lines[last + _MONTH_BYTES] == _PRESENT[0]
+            self._lines = None
+        return counted, moves
 
     # --- what the rules read -------------------------------------------------------------
 

@@ -47,6 +47,10 @@ class WorkerHead:
     current_district_lgd: int
     last_rebaseline: str | None  # the month of the latest re-baseline (rule 11), None if none
 
+    @property
+    def current_district(self) -> tuple[int, int]:
+        return self.current_state_lgd, self.current_district_lgd
+
 
 @dataclass(slots=True)
 class MemberRow:

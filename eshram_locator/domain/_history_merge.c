@@ -1,0 +1,648 @@
+/*
+ * The member histories' fast merge: a member's collections of months after every stored month,
+ * added to the stored form of eshram_locator.domain.history.MemberHistory in one call.
+ *
+ * That is the common batch: a member collects once a month, and a month's collections arrive
+ * after the previous month's. merge_later() computes what MemberHistory.add would, for each
+ * collection, followed by may_move() and to_bytes(): the packed digests of the transactions it
+ * counts (rule 8, keys "source/transaction_id" as store.observation_key builds them), one stored
+ * line per new month ("YYYY-MM", "1" or "0", the month's summary as orjson writes it), and
+ * whether the worker's timeline could have changed. It returns None, never raises for such
+ * input, and leaves the history to the general path, when:
+ *   - a collection's month is not after the last stored month, or is not 7 bytes;
+ *   - a string (source, transaction id, shop id, pincode, month) has a byte outside printable
+ *     ASCII, a quote or a backslash (JSON would escape it);
+ *   - a time is not in datetime.UTC, or an LGD code is not an int that fits 64 bits;
+ *   - an attribute is missing or of another type, or there are more than 100,000 collections.
+ * tests/unit/test_history_merge.py checks, on generated histories and collections, that the
+ * result is None or exactly the general path's (same stored bytes, same may_move).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <datetime.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MONTH_BYTES 7
+#define MAX_COLLECTIONS 100000
+
+/* --- SHA-256 (FIPS 180-4), only what a digest of a short key needs ------------------------ */
+
+typedef struct {
+    uint32_t state[8];
+    uint64_t length;
+    unsigned char block[64];
+    size_t used;
+} Sha256;
+
+static const uint32_t K[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+    0xc67178f2,
+};
+
+#define ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static void sha256_block(Sha256 *h, const unsigned char *p) {
+    uint32_t w[64];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+               (uint32_t)p[4 * i + 2] << 8 | (uint32_t)p[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ROTR(w[i - 15], 7) ^ ROTR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ROTR(w[i - 2], 17) ^ ROTR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = h->state[0], b = h->state[1], c = h->state[2], d = h->state[3];
+    uint32_t e = h->state[4], f = h->state[5], g = h->state[6], hh = h->state[7];
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 = hh + (ROTR(e, 6) ^ ROTR(e, 11) ^ ROTR(e, 25)) + ((e & f) ^ (~e & g)) + K[i] +
+                      w[i];
+        uint32_t t2 = (ROTR(a, 2) ^ ROTR(a, 13) ^ ROTR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        hh = g;
+        g = f;
+        f = e;
+        e = d + t1;
+        d = c;
+        c = b;
+        b = a;
+        a = t1 + t2;
+    }
+    h->state[0] += a;
+    h->state[1] += b;
+    h->state[2] += c;
+    h->state[3] += d;
+    h->state[4] += e;
+    h->state[5] += f;
+    h->state[6] += g;
+    h->state[7] += hh;
+}
+
+static void sha256_init(Sha256 *h) {
+    static const uint32_t initial[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                        0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(h->state, initial, sizeof initial);
+    h->length = 0;
+    h->used = 0;
+}
+
+static void sha256_update(Sha256 *h, const unsigned char *data, size_t size) {
+    h->length += size;
+    while (size > 0) {
+        size_t take = 64 - h->used < size ? 64 - h->used : size;
+        memcpy(h->block + h->used, data, take);
+        h->used += take;
+        data += take;
+        size -= take;
+        if (h->used == 64) {
+            sha256_block(h, h->block);
+            h->used = 0;
+        }
+    }
+}
+
+/* The first 8 bytes of the digest: transaction_digest, packed big-endian. */
+static void sha256_prefix(Sha256 *h, unsigned char out[8]) {
+    uint64_t bits = h->length * 8;
+    unsigned char pad = 0x80;
+    sha256_update(h, &pad, 1);
+    unsigned char zero = 0;
+    while (h->used != 56)
+        sha256_update(h, &zero, 1);
+    unsigned char size[8];
+    for (int i = 0; i < 8; i++)
+        size[i] = (unsigned char)(bits >> (56 - 8 * i));
+    sha256_update(h, size, 8);
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++)
+            out[4 * i + j] = (unsigned char)(h->state[i] >> (24 - 8 * j));
+}
+
+/* --- reading a collection ------------------------------------------------------------------ */
+
+typedef struct {
+    const char *text;
+    Py_ssize_t size;
+} Text;
+
+typedef struct {
+    Text month, fps, source, transaction;
+    int64_t us;
+    int presence;
+    long long state, district;
+    PyObject *subdistrict, *village, *pincode; /* borrowed: int or None; str or None */
+    unsigned char digest[8];
+} Entry;
+
+static struct {
+    PyObject *names[12]; /* interned attribute names */
+    PyObject *biometric; /* tuple of the biometric AuthMode members */
+    PyObject *others;    /* tuple of the other AuthMode members */
+} merge;
+
+enum {
+    A_SOURCE,
+    A_TRANSACTION,
+    A_AUTH,
+    A_FPS,
+    A_LOCATION,
+    A_MONTH,
+    A_AT,
+    A_STATE,
+    A_DISTRICT,
+    A_SUBDISTRICT,
+    A_VILLAGE,
+    A_PINCODE,
+};
+
+static const char *attribute_names[12] = {
+    "source",         "transaction_id",  "auth_mode",        "fps_id",
+    "fps_location",   "allocation_month", "transacted_at",    "state_lgd",
+    "district_lgd",   "subdistrict_lgd",  "village_town_lgd", "pincode",
+};
+
+/* Borrowed attribute: the (frozen) object keeps it alive while the caller holds the object. */
+static PyObject *attribute(PyObject *object, int name) {
+    PyObject *value = PyObject_GetAttr(object, merge.names[name]);
+    if (value == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_DECREF(value);
+    return value;
+}
+
+/* A str that JSON writes as it is: printable ASCII, no quote, no backslash. */
+static int plain_text(PyObject *value, Text *out) {
+    if (value == NULL || !PyUnicode_CheckExact(value) || !PyUnicode_IS_ASCII(value))
+        return 0;
+    const char *text = (const char *)PyUnicode_DATA(value);
+    Py_ssize_t size = PyUnicode_GET_LENGTH(value);
+    for (Py_ssize_t i = 0; i < size; i++) {
+        unsigned char byte = (unsigned char)text[i];
+        if (byte < 0x20 || byte > 0x7e || byte == '"' || byte == '\\')
+            return 0;
+    }
+    out->text = text;
+    out->size = size;
+    return 1;
+}
+
+static int small_int(PyObject *value, long long *out) {
+    if (value == NULL || !PyLong_CheckExact(value))
+        return 0;
+    int overflow;
+    *out = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow || (*out == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
+static int optional_int(PyObject *value) {
+    long long ignored;
+    return value == Py_None || small_int(value, &ignored);
+}
+
+static int64_t days_from_civil(int y, int m, int d) {
+    /* H. Hinnant's algorithm: days since 1970-01-01 of a proleptic Gregorian date */
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static int epoch_us(PyObject *value, int64_t *out) {
+    if (value == NULL || !PyDateTime_Check(value) ||
+        PyDateTime_DATE_GET_TZINFO(value) != PyDateTime_TimeZone_UTC)
+        return 0;
+    int64_t days = days_from_civil(PyDateTime_GET_YEAR(value), PyDateTime_GET_MONTH(value),
+                                   PyDateTime_GET_DAY(value));
+    int64_t seconds = days * 86400 + PyDateTime_DATE_GET_HOUR(value) * 3600 +
+                      PyDateTime_DATE_GET_MINUTE(value) * 60 + PyDateTime_DATE_GET_SECOND(value);
+    *out = seconds * 1000000 + PyDateTime_DATE_GET_MICROSECOND(value);
+    return 1;
+}
+
+static int member_of(PyObject *tuple, PyObject *value) {
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(tuple); i++)
+        if (PyTuple_GET_ITEM(tuple, i) == value)
+            return 1;
+    return 0;
+}
+
+/* 1 and *entry filled, or 0: the general path decides. */
+static int read_entry(PyObject *collection, Entry *entry) {
+    PyObject *auth = attribute(collection, A_AUTH);
+    PyObject *location = attribute(collection, A_LOCATION);
+    if (auth == NULL || location == NULL)
+        return 0;
+    if (member_of(merge.biometric, auth))
+        entry->presence = 1;
+    else if (member_of(merge.others, auth))
+        entry->presence = 0;
+    else
+        return 0;
+    if (!plain_text(attribute(collection, A_SOURCE), &entry->source) ||
+        !plain_text(attribute(collection, A_TRANSACTION), &entry->transaction) ||
+        !plain_text(attribute(collection, A_FPS), &entry->fps) ||
+        !plain_text(attribute(collection, A_MONTH), &entry->month) ||
+        entry->month.size != MONTH_BYTES || !epoch_us(attribute(collection, A_AT), &entry->us) ||
+        !small_int(attribute(location, A_STATE), &entry->state) ||
+        !small_int(attribute(location, A_DISTRICT), &entry->district))
+        return 0;
+    entry->subdistrict = attribute(location, A_SUBDISTRICT);
+    entry->village = attribute(location, A_VILLAGE);
+    entry->pincode = attribute(location, A_PINCODE);
+    Text pincode;
+    if (!optional_int(entry->subdistrict) || !optional_int(entry->village) ||
+        entry->pincode == NULL ||
+        (entry->pincode != Py_None && !plain_text(entry->pincode, &pincode)))
+        return 0;
+    Sha256 h;
+    sha256_init(&h);
+    sha256_update(&h, (const unsigned char *)entry->source.text, (size_t)entry->source.size);
+    sha256_update(&h, (const unsigned char *)"/", 1);
+    sha256_update(&h, (const unsigned char *)entry->transaction.text,
+                  (size_t)entry->transaction.size);
+    sha256_prefix(&h, entry->digest);
+    return 1;
+}
+
+/* --- comparing ----------------------------------------------------------------------------- */
+
+static int compare_text(Text a, Text b) {
+    Py_ssize_t shorter = a.size < b.size ? a.size : b.size;
+    int order = memcmp(a.text, b.text, (size_t)shorter);
+    if (order != 0)
+        return order;
+    return (a.size > b.size) - (a.size < b.size);
+}
+
+/* The keys "source/transaction_id" of two entries, compared as the strings they make. */
+static int compare_keys(const Entry *a, const Entry *b) {
+    Text parts_a[3] = {a->source, {"/", 1}, a->transaction};
+    Text parts_b[3] = {b->source, {"/", 1}, b->transaction};
+    int ia = 0, ib = 0;
+    Py_ssize_t oa = 0, ob = 0;
+    for (;;) {
+        while (ia < 3 && oa == parts_a[ia].size) {
+            ia++;
+            oa = 0;
+        }
+        while (ib < 3 && ob == parts_b[ib].size) {
+            ib++;
+            ob = 0;
+        }
+        if (ia == 3 || ib == 3)
+            return (ia != 3) - (ib != 3);
+        unsigned char ca = (unsigned char)parts_a[ia].text[oa++];
+        unsigned char cb = (unsigned char)parts_b[ib].text[ob++];
+        if (ca != cb)
+            return ca < cb ? -1 : 1;
+    }
+}
+
+/* (time, key): which presence is the later one */
+static int later(const Entry *a, const Entry *b) {
+    if (a->us != b->us)
+        return a->us > b->us;
+    return compare_keys(a, b) > 0;
+}
+
+static int by_month(const void *a, const void *b) {
+    const Entry *x = *(const Entry *const *)a, *y = *(const Entry *const *)b;
+    int order = memcmp(x->month.text, y->month.text, MONTH_BYTES);
+    return order != 0 ? order : (x > y) - (x < y);
+}
+
+static int by_fps(const void *a, const void *b) {
+    return compare_text((*(const Entry *const *)a)->fps, (*(const Entry *const *)b)->fps);
+}
+
+typedef struct {
+    long long state, district, count;
+    const Entry *latest;
+} Place;
+
+static int by_district(const void *a, const void *b) {
+    const Place *x = a, *y = b;
+    if (x->state != y->state)
+        return x->state < y->state ? -1 : 1;
+    return (x->district > y->district) - (x->district < y->district);
+}
+
+/* --- writing ------------------------------------------------------------------------------- */
+
+typedef struct {
+    char *data;
+    size_t size, capacity;
+    int failed;
+} Buffer;
+
+static void put(Buffer *b, const char *text, size_t size) {
+    if (b->failed)
+        return;
+    if (b->size + size > b->capacity) {
+        size_t capacity = b->capacity ? b->capacity : 256;
+        while (capacity < b->size + size)
+            capacity *= 2;
+        char *data = realloc(b->data, capacity);
+        if (data == NULL) {
+            b->failed = 1;
+            return;
+        }
+        b->data = data;
+        b->capacity = capacity;
+    }
+    memcpy(b->data + b->size, text, size);
+    b->size += size;
+}
+
+static void put_char(Buffer *b, char c) { put(b, &c, 1); }
+
+static void put_int(Buffer *b, long long value) {
+    char text[24];
+    int size = snprintf(text, sizeof text, "%lld", value);
+    put(b, text, (size_t)size);
+}
+
+static void put_string(Buffer *b, Text text) {
+    put_char(b, '"');
+    put(b, text.text, (size_t)text.size);
+    put_char(b, '"');
+}
+
+static void put_optional(Buffer *b, PyObject *value) {
+    Text text;
+    long long number;
+    if (value == Py_None)
+        put(b, "null", 4);
+    else if (small_int(value, &number))
+        put_int(b, number);
+    else if (plain_text(value, &text))
+        put_string(b, text);
+    else
+        b->failed = 1; /* checked by read_entry */
+}
+
+/* One stored month line: "YYYY-MM", "1"/"0", [transactions, [fps ids], [places]] as orjson
+ * writes MemberHistory's month entry. Its places (sorted) go to *places, their count returned. */
+static Py_ssize_t put_month(Buffer *b, Entry **month, Py_ssize_t count, Place *places,
+                            Entry **scratch) {
+    Py_ssize_t found = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const Entry *e = month[i];
+        if (!e->presence)
+            continue;
+        Py_ssize_t p = 0;
+        while (p < found && !(places[p].state == e->state && places[p].district == e->district))
+            p++;
+        if (p == found) {
+            places[found++] = (Place){e->state, e->district, 1, e};
+        } else {
+            places[p].count++;
+            if (later(e, places[p].latest))
+                places[p].latest = e;
+        }
+    }
+    qsort(places, (size_t)found, sizeof *places, by_district);
+    put(b, month[0]->month.text, MONTH_BYTES);
+    put(b, found ? "1[" : "0[", 2);
+    put_int(b, (long long)count);
+    put(b, ",[", 2);
+    memcpy(scratch, month, (size_t)count * sizeof *scratch);
+    qsort(scratch, (size_t)count, sizeof *scratch, by_fps);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (i > 0 && compare_text(scratch[i]->fps, scratch[i - 1]->fps) == 0)
+            continue;
+        if (i > 0)
+            put_char(b, ',');
+        put_string(b, scratch[i]->fps);
+    }
+    put(b, "],[", 3);
+    for (Py_ssize_t p = 0; p < found; p++) {
+        const Entry *e = places[p].latest;
+        put(b, p ? ",[" : "[", p ? 2 : 1);
+        put_int(b, places[p].state);
+        put_char(b, ',');
+        put_int(b, places[p].district);
+        put_char(b, ',');
+        put_int(b, places[p].count);
+        put_char(b, ',');
+        put_int(b, (long long)e->us);
+        put(b, ",\"", 2);
+        put(b, e->source.text, (size_t)e->source.size);
+        put_char(b, '/');
+        put(b, e->transaction.text, (size_t)e->transaction.size);
+        put(b, "\",", 2);
+        put_optional(b, e->subdistrict);
+        put_char(b, ',');
+        put_optional(b, e->village);
+        put_char(b, ',');
+        put_optional(b, e->pincode);
+        put_char(b, ']');
+    }
+    put(b, "]]", 2);
+    return found;
+}
+
+/* Rule 3's monthly district of one month's places: the latest presence; ties on its time by
+ * the most presence, then the smallest district (places are sorted by district). */
+static const Place *monthly_district(const Place *places, Py_ssize_t count) {
+    const Place *best = &places[0];
+    for (Py_ssize_t p = 1; p < count; p++) {
+        const Place *other = &places[p];
+        if (other->latest->us > best->latest->us ||
+            (other->latest->us == best->latest->us && other->count > best->count))
+            best = other;
+    }
+    return best;
+}
+
+/* --- the stored form ------------------------------------------------------------------------ */
+
+/* The last stored month (NULL for none) and the latest stored month with presence (NULL). */
+static int stored_months(const char *tail, Py_ssize_t size, const char **last,
+                         const char **present) {
+    *last = *present = NULL;
+    Py_ssize_t end = size;
+    while (end > 0) {
+        Py_ssize_t start = end;
+        while (start > 0 && tail[start - 1] != '\n')
+            start--;
+        if (end - start < MONTH_BYTES + 1)
+            return 0;
+        if (*last == NULL)
+            *last = tail + start;
+        if (tail[start + MONTH_BYTES] == '1') {
+            *present = tail + start;
+            return 1;
+        }
+        end = start - 1;
+    }
+    return 1;
+}
+
+static int counted(const unsigned char *digests, Py_ssize_t count, const unsigned char *digest) {
+    for (Py_ssize_t i = 0; i < count; i++)
+        if (memcmp(digests + 8 * i, digest, 8) == 0)
+            return 1;
+    return 0;
+}
+
+/* merge_later(digests, tail, collections, current, last_rebaseline)
+ *   -> (new digests, new month lines, transactions counted, may move) | None */
+static PyObject *merge_later(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "merge_later takes 5 arguments");
+        return NULL;
+    }
+    if (merge.biometric == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() first");
+        return NULL;
+    }
+    PyObject *stored_digests = args[0], *stored_tail = args[1], *collections = args[2];
+    PyObject *current = args[3], *rebaseline = args[4];
+    if (!PyBytes_Check(stored_digests) || !PyBytes_Check(stored_tail) ||
+        !PyList_Check(collections)) {
+        PyErr_SetString(PyExc_TypeError, "merge_later(bytes, bytes, list, ...)");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(collections);
+    long long current_state = 0, current_district = 0;
+    Text last_rebaseline = {NULL, 0};
+    if (n == 0 || n > MAX_COLLECTIONS || PyBytes_GET_SIZE(stored_digests) % 8 != 0)
+        Py_RETURN_NONE;
+    if (current != Py_None &&
+        !(PyTuple_Check(current) && PyTuple_GET_SIZE(current) == 2 &&
+          small_int(PyTuple_GET_ITEM(current, 0), &current_state) &&
+          small_int(PyTuple_GET_ITEM(current, 1), &current_district)))
+        Py_RETURN_NONE;
+    if (rebaseline != Py_None && !plain_text(rebaseline, &last_rebaseline))
+        Py_RETURN_NONE;
+    const char *tail = PyBytes_AS_STRING(stored_tail), *last, *present;
+    if (!stored_months(tail, PyBytes_GET_SIZE(stored_tail), &last, &present))
+        Py_RETURN_NONE;
+    const unsigned char *digests = (const unsigned char *)PyBytes_AS_STRING(stored_digests);
+    Py_ssize_t stored_count = PyBytes_GET_SIZE(stored_digests) / 8;
+
+    Entry *entries = PyMem_Malloc((size_t)n * sizeof *entries);
+    Entry **order = PyMem_Malloc((size_t)n * sizeof *order);
+    Entry **scratch = PyMem_Malloc((size_t)n * sizeof *scratch);
+    Place *places = PyMem_Malloc((size_t)n * sizeof *places);
+    unsigned char *fresh = PyMem_Malloc((size_t)n * 8);
+    Buffer lines = {NULL, 0, 0, 0};
+    PyObject *result = NULL;
+    if (entries == NULL || order == NULL || scratch == NULL || places == NULL || fresh == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t kept = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Entry *e = &entries[kept];
+        if (!read_entry(PyList_GET_ITEM(collections, i), e) ||
+            (last != NULL && memcmp(e->month.text, last, MONTH_BYTES) <= 0)) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        if (counted(digests, stored_count, e->digest) || counted(fresh, kept, e->digest))
+            continue; /* counted before: MemberHistory.add returns False */
+        memcpy(fresh + 8 * kept, e->digest, 8);
+        order[kept] = e;
+        kept++;
+    }
+    int may_move = 0;
+    qsort(order, (size_t)kept, sizeof *order, by_month);
+    for (Py_ssize_t start = 0; start < kept;) {
+        Py_ssize_t end = start + 1;
+        while (end < kept && memcmp(order[end]->month.text, order[start]->month.text,
+                                    MONTH_BYTES) == 0)
+            end++;
+        if (start > 0)
+            put_char(&lines, '\n');
+        Py_ssize_t found = put_month(&lines, order + start, end - start, places, scratch);
+        if (found && current != Py_None && !may_move) {
+            /* may_move(): a month after every observed month (its district before was None)
+             * that places the worker where they are, with no re-baseline since, changes
+             * nothing; any other new presence may. */
+            const Place *there = monthly_district(places, found);
+            int here = there->state == current_state && there->district == current_district;
+            int confirmed =
+                rebaseline == Py_None ||
+                (present != NULL &&
+                 compare_text(last_rebaseline, (Text){present, MONTH_BYTES}) <= 0) ||
+                (present == NULL && last_rebaseline.size == 0);
+            if (!here || !confirmed)
+                may_move = 1;
+        }
+        start = end;
+    }
+    if (lines.failed) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    result = Py_BuildValue("(y#y#nO)", (const char *)fresh, kept * 8,
+                           lines.data ? lines.data : "", (Py_ssize_t)lines.size, kept,
+                           may_move ? Py_True : Py_False);
+done:
+    PyMem_Free(entries);
+    PyMem_Free(order);
+    PyMem_Free(scratch);
+    PyMem_Free(places);
+    PyMem_Free(fresh);
+    free(lines.data);
+    return result;
+}
+
+static PyObject *configure(PyObject *module, PyObject *args) {
+    PyObject *biometric, *others;
+    if (!PyArg_ParseTuple(args, "O!O!:configure", &PyTuple_Type, &biometric, &PyTuple_Type,
+                          &others))
+        return NULL;
+    for (int i = 0; i < 12; i++) {
+        if (merge.names[i] == NULL) {
+            merge.names[i] = PyUnicode_InternFromString(attribute_names[i]);
+            if (merge.names[i] == NULL)
+                return NULL;
+        }
+    }
+    Py_INCREF(biometric);
+    Py_XSETREF(merge.biometric, biometric);
+    Py_INCREF(others);
+    Py_XSETREF(merge.others, others);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"merge_later", (PyCFunction)(void (*)(void))merge_later, METH_FASTCALL,
+     "merge_later(digests, tail, collections, current, last_rebaseline)"
+     " -> (digests, lines, counted, may_move) | None"},
+    {"configure", configure, METH_VARARGS,
+     "configure(biometric, others): the AuthMode members, by whether they prove presence."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "eshram_locator.domain._history_merge",
+    "The member histories' fast merge (see MemberHistory.merge_later).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__history_merge(void) {
+    PyDateTime_IMPORT;
+    if (PyDateTimeAPI == NULL)
+        return NULL;
+    return PyModule_Create(&module_def);
+}

@@ -1,0 +1,12 @@
+# The member histories' fast merge (_history_merge.c); see MemberHistory.merge_later.
+from eshram_locator.domain.model import RationCollection
+
+def merge_later(
+    digests: bytes,
+    tail: bytes,
+    collections: list[RationCollection],
+    current: tuple[int, int] | None,
+    last_rebaseline: str | None,
+    /,
+) -> tuple[bytes, bytes, int, bool] | None: ...
+def configure(biometric: tuple[object, ...], others: tuple[object, ...], /) -> None: ...

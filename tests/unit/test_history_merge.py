@@ -1,0 +1,249 @@
+"""The compiled merge of a member's collections (``MemberHistory.merge_later``, the C extension
+``_history_merge``) against the general path it stands in for: ``add`` for each collection,
+then ``may_move``. Either it declines (None, nothing changed) or its history is the general
+path's byte for byte, with the same count and the same ``may_move``."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eshram_locator.domain import history as history_module
+from eshram_locator.domain.history import MemberHistory, epoch_us, may_move
+from eshram_locator.domain.model import (
+    AuthMode,
+    District,
+    Location,
+    Portability,
+    RationCollection,
+)
+from eshram_locator.domain.months import add_months
+from eshram_locator.postgres.store import observation_key
+
+pytestmark = pytest.mark.skipif(
+    history_module._history_merge is None, reason="the C extension was not built"
+)
+
+START = "2024-01"
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+# Few districts, shops and instants, so that ties on the time and repeated shops are common.
+PLACES = (
+    Location(9, 140, 700, 5, "221001"),
+    Location(9, 140, 701),
+    Location(9, 141, None, 17, None),
+    Location(7, 77, 1),
+    Location(27, 519, 4001, None, "400001"),
+)
+SOURCES = ("PDS-UP", "PDS-MH", "P")
+
+
+@st.composite
+def collections(
+    draw: st.DrawFn, months: tuple[int, int], max_size: int = 8
+) -> list[RationCollection]:
+    """Collections of one member in months START + [months[0], months[1]]; transaction ids
+    repeat across sources (distinct keys) and within one (the same transaction again)."""
+    found = []
+    for _ in range(draw(st.integers(0, max_size))):
+        month = add_months(START, draw(st.integers(*months)))
+        found.append(
+            RationCollection(
+                transaction_id=f"t{draw(st.integers(0, 12))}",
+                source=draw(st.sampled_from(SOURCES)),
+                ration_card_id="RC-1",
+                member_ref="M-1",
+                auth_mode=draw(st.sampled_from(list(AuthMode))),
+                fps_id=draw(st.sampled_from(["FPS-2", "FPS-10", "FPS-1", "F"])),
+                fps_location=draw(st.sampled_from(PLACES)),
+                card_state_lgd=9,
+                portability=Portability.NONE,
+                allocation_month=month,
+                transacted_at=T0 + timedelta(minutes=draw(st.integers(0, 3))),
+                items=(),
+            )
+        )
+    return found
+
+
+def add_all(history: MemberHistory, batch: list[RationCollection]) -> int:
+    counted = 0
+    for c in batch:
+        counted += history.add(
+            observation_key(c.source, c.transaction_id),
+            c.allocation_month,
+            epoch_us(c.transacted_at),
+            c.auth_mode.is_biometric,
+            c.fps_id,
+            c.fps_location,
+        )
+    return counted
+
+
+def general_path(
+    stored: bytes,
+    batch: list[RationCollection],
+    current: tuple[int, int] | None,
+    last_rebaseline: str | None,
+) -> tuple[MemberHistory, int, bool]:
+    """What the locator does for a member without the compiled merge."""
+    history = MemberHistory.from_bytes(stored)
+    before = {c.allocation_month: history.month_district(c.allocation_month) for c in batch}
+    counted = add_all(history, batch)
+    moves = current is not None and may_move(history, before, current, last_rebaseline)
+    return history, counted, moves
+
+
+def unique(batch: list[RationCollection]) -> list[RationCollection]:
+    """Each transaction once, as the locator hands a member's collections over."""
+    return list({(c.source, c.transaction_id): c for c in batch}.values())
+
+
+CURRENT = st.one_of(st.none(), st.sampled_from([(9, 140), (9, 141), (7, 77), (1, 1)]))
+REBASELINE = st.one_of(st.none(), st.sampled_from(["", "2024-02", "2024-05", "2025-01"]))
+PROPERTY = settings(max_examples=1_000, deadline=None)
+
+
+@PROPERTY
+@given(
+    earlier=collections((0, 5)),
+    batch=collections((0, 9)),
+    current=CURRENT,
+    last_rebaseline=REBASELINE,
+    parsed=st.lists(st.integers(0, 9), max_size=3),
+)
+def test_the_merge_is_the_general_path_or_declines(
+    earlier: list[RationCollection],
+    batch: list[RationCollection],
+    current: tuple[int, int] | None,
+    last_rebaseline: str | None,
+    parsed: list[int],
+) -> None:
+    """``parsed``: months the rules read before the merge (read, not changed)."""
+    seed = MemberHistory()
+    add_all(seed, earlier)
+    stored = seed.to_bytes()
+    batch = unique(batch)
+    expected, counted, moves = general_path(stored, batch, current, last_rebaseline)
+
+    history = MemberHistory.from_bytes(stored)
+    for month in parsed:
+        history.month_district(add_months(START, month))
+    merged = history.merge_later(batch, current, last_rebaseline)
+    last_stored = max((c.allocation_month for c in earlier), default="")
+    if merged is None:
+        assert not batch or min(c.allocation_month for c in batch) <= last_stored
+        assert history.to_bytes() == stored
+        return
+    assert merged == (counted, moves)
+    assert history.to_bytes() == expected.to_bytes()
+    assert history == expected
+    read_back = MemberHistory.from_bytes(history.to_bytes())
+    assert read_back.observed_months() == expected.observed_months()
+
+
+@PROPERTY
+@given(batch=collections((0, 3), max_size=12), current=CURRENT, last_rebaseline=REBASELINE)
+def test_a_new_member_always_takes_the_compiled_merge(
+    batch: list[RationCollection],
+    current: tuple[int, int] | None,
+    last_rebaseline: str | None,
+) -> None:
+    batch = unique(batch)
+    expected, counted, moves = general_path(b"", batch, current, last_rebaseline)
+    history = MemberHistory()
+    assert history.merge_later(batch, current, last_rebaseline) == (
+        (counted, moves) if batch else None
+    )
+    assert history.to_bytes() == expected.to_bytes()
+
+
+def one(month: str = "2024-03", **changes: object) -> RationCollection:
+    fields: dict[str, object] = {
+        "transaction_id": "t1",
+        "source": "PDS-UP",
+        "ration_card_id": "RC-1",
+        "member_ref": "M-1",
+        "auth_mode": AuthMode.FINGERPRINT,
+        "fps_id": "FPS-1",
+        "fps_location": PLACES[0],
+        "card_state_lgd": 9,
+        "portability": Portability.NONE,
+        "allocation_month": month,
+        "transacted_at": T0,
+        "items": (),
+    }
+    fields.update(changes)
+    return RationCollection(**fields)  # type: ignore[arg-type]
+
+
+def test_what_the_merge_leaves_to_the_general_path() -> None:
+    seed = MemberHistory()
+    add_all(seed, [one("2024-03", transaction_id="t0")])
+    stored = seed.to_bytes()
+    declined = [
+        [one("2024-03")],  # the last stored month
+        [one("2024-02")],  # an earlier month
+        [one("2024-04"), one("2024-01", transaction_id="t2")],  # one of them earlier
+        [one(fps_id='FPS "1"')],  # JSON would escape these
+        [one(fps_id="FPS\\1")],
+        [one(source="PDS-\u0926")],
+        [one(fps_location=Location(9, 140, None, None, "22\n1001"))],
+        [one(transacted_at=datetime(2024, 1, 1, tzinfo=timezone(timedelta(hours=5))))],
+        [one(transacted_at=datetime(2024, 1, 1))],  # naive
+        [one(fps_location=Location(9, 2**70))],
+        [one(fps_location=Location(True, 140))],  # type: ignore[arg-type]
+        [one("2024-4")],
+    ]
+    for batch in declined:
+        history = MemberHistory.from_bytes(stored)
+        assert history.merge_later(batch, (9, 140), None) is None, batch
+        assert history.to_bytes() == stored
+    after_add = MemberHistory.from_bytes(stored)
+    add_all(after_add, [one("2024-04", transaction_id="t5")])
+    assert after_add.merge_later([one("2024-05")], None, None) is None  # changed since read
+
+
+def test_the_keys_of_stored_transactions_are_not_counted_again() -> None:
+    seed = MemberHistory()
+    add_all(seed, [one("2024-03")])
+    history = MemberHistory.from_bytes(seed.to_bytes())
+    # the same transaction, a later month: counted before, nothing changes
+    assert history.merge_later([one("2024-04")], (9, 140), None) == (0, False)
+    assert history.to_bytes() == seed.to_bytes()
+
+
+def test_without_the_extension_the_history_declines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(history_module, "_history_merge", None)
+    assert MemberHistory().merge_later([one()], None, None) is None
+
+
+def test_a_new_presence_elsewhere_may_move_and_one_at_home_may_not() -> None:
+    seed = MemberHistory()
+    add_all(seed, [one("2024-03", transaction_id="t0")])
+    stored = seed.to_bytes()
+    at_home = MemberHistory.from_bytes(stored)
+    assert at_home.merge_later([one("2024-04")], (9, 140), None) == (1, False)
+    away = MemberHistory.from_bytes(stored)
+    assert away.merge_later([one("2024-04", fps_location=PLACES[3])], (9, 140), None) == (1, True)
+    rebaselined = MemberHistory.from_bytes(stored)
+    assert rebaselined.merge_later([one("2024-04")], (9, 140), "2024-04") == (1, True)
+    assert at_home.month_district("2024-04") == District(9, 140)
+
+
+def test_merging_leaks_no_reference() -> None:
+    batch = [one("2024-04"), one("2024-05", transaction_id="t2", auth_mode=AuthMode.OTP)]
+    stored = MemberHistory().to_bytes()
+    for _ in range(100):  # warm the caches
+        MemberHistory.from_bytes(stored).merge_later(batch, (9, 140), None)
+    before = sys.gettotalrefcount() if hasattr(sys, "gettotalrefcount") else None
+    counts = [sys.getrefcount(c) for c in batch] + [sys.getrefcount(PLACES[0])]
+    for _ in range(1_000):
+        MemberHistory.from_bytes(stored).merge_later(batch, (9, 140), None)
+        MemberHistory.from_bytes(stored).merge_later([one("2024-4")], (9, 140), None)
+    assert [sys.getrefcount(c) for c in batch] + [sys.getrefcount(PLACES[0])] == counts
+    if before is not None:
+        assert sys.gettotalrefcount() - before < 100
