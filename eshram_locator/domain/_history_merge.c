@@ -6,7 +6,7 @@
  * after the previous month's. merge_later() computes what MemberHistory.add would, for each
  * collection, followed by may_move() and to_bytes(): the packed digests of the transactions it
  * counts (rule 8, keys "source/transaction_id" as store.observation_key builds them), one stored
- * line per new month ("YYYY-MM", "1" or "0", the month's summary as orjson writes it), and
+ * line per new month appended ("YYYY-MM", "1" or "0", the month's summary as orjson writes it), and
  * whether the worker's timeline could have changed. It returns None, never raises for such
  * input, and leaves the history to the general path, when:
  *   - a collection's month is not after the last stored month, or is not 7 bytes;
@@ -26,6 +26,7 @@
 
 #define MONTH_BYTES 7
 #define MAX_COLLECTIONS 100000
+#define SMALL 8 /* collections of one member handled in stack space */
 
 /* --- SHA-256 (FIPS 180-4), only what a digest of a short key needs ------------------------ */
 
@@ -349,6 +350,7 @@ typedef struct {
     char *data;
     size_t size, capacity;
     int failed;
+    int borrowed; /* data is the caller's (stack) space, not malloc'd */
 } Buffer;
 
 static void put(Buffer *b, const char *text, size_t size) {
@@ -358,11 +360,14 @@ static void put(Buffer *b, const char *text, size_t size) {
         size_t capacity = b->capacity ? b->capacity : 256;
         while (capacity < b->size + size)
             capacity *= 2;
-        char *data = realloc(b->data, capacity);
+        char *data = b->borrowed ? malloc(capacity) : realloc(b->data, capacity);
         if (data == NULL) {
             b->failed = 1;
             return;
         }
+        if (b->borrowed)
+            memcpy(data, b->data, b->size);
+        b->borrowed = 0;
         b->data = data;
         b->capacity = capacity;
     }
@@ -374,8 +379,15 @@ static void put_char(Buffer *b, char c) { put(b, &c, 1); }
 
 static void put_int(Buffer *b, long long value) {
     char text[24];
-    int size = snprintf(text, sizeof text, "%lld", value);
-    put(b, text, (size_t)size);
+    char *at = text + sizeof text;
+    unsigned long long magnitude = value < 0 ? 0ULL - (unsigned long long)value : (unsigned long long)value;
+    do {
+        *--at = (char)('0' + magnitude % 10);
+        magnitude /= 10;
+    } while (magnitude);
+    if (value < 0)
+        *--at = '-';
+    put(b, at, (size_t)(text + sizeof text - at));
 }
 
 static void put_string(Buffer *b, Text text) {
@@ -503,7 +515,10 @@ static int counted(const unsigned char *digests, Py_ssize_t count, const unsigne
 }
 
 /* merge_later(digests, tail, collections, current, last_rebaseline)
- *   -> (new digests, new month lines, transactions counted, may move) | None */
+ *   -> (digests, tail, transactions counted, may move, last month, last month has presence)
+ *      | None
+ * The digests and the month lines (tail) after the merge; when nothing was counted, the ones
+ * given, and "" for the last month. */
 static PyObject *merge_later(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5) {
         PyErr_SetString(PyExc_TypeError, "merge_later takes 5 arguments");
@@ -538,12 +553,18 @@ static PyObject *merge_later(PyObject *module, PyObject *const *args, Py_ssize_t
     const unsigned char *digests = (const unsigned char *)PyBytes_AS_STRING(stored_digests);
     Py_ssize_t stored_count = PyBytes_GET_SIZE(stored_digests) / 8;
 
-    Entry *entries = PyMem_Malloc((size_t)n * sizeof *entries);
-    Entry **order = PyMem_Malloc((size_t)n * sizeof *order);
-    Entry **scratch = PyMem_Malloc((size_t)n * sizeof *scratch);
-    Place *places = PyMem_Malloc((size_t)n * sizeof *places);
-    unsigned char *fresh = PyMem_Malloc((size_t)n * 8);
-    Buffer lines = {NULL, 0, 0, 0};
+    /* Most members bring one or two collections: their work space is on the stack. */
+    Entry small_entries[SMALL], *small_order[SMALL], *small_scratch[SMALL];
+    Place small_places[SMALL];
+    unsigned char small_fresh[SMALL * 8];
+    char small_lines[SMALL * 128];
+    int on_stack = n <= SMALL;
+    Entry *entries = on_stack ? small_entries : PyMem_Malloc((size_t)n * sizeof *entries);
+    Entry **order = on_stack ? small_order : PyMem_Malloc((size_t)n * sizeof *order);
+    Entry **scratch = on_stack ? small_scratch : PyMem_Malloc((size_t)n * sizeof *scratch);
+    Place *places = on_stack ? small_places : PyMem_Malloc((size_t)n * sizeof *places);
+    unsigned char *fresh = on_stack ? small_fresh : PyMem_Malloc((size_t)n * 8);
+    Buffer lines = {small_lines, 0, sizeof small_lines, 0, 1};
     PyObject *result = NULL;
     if (entries == NULL || order == NULL || scratch == NULL || places == NULL || fresh == NULL) {
         PyErr_NoMemory();
@@ -563,7 +584,7 @@ static PyObject *merge_later(PyObject *module, PyObject *const *args, Py_ssize_t
         order[kept] = e;
         kept++;
     }
-    int may_move = 0;
+    int may_move = 0, last_present = 0;
     qsort(order, (size_t)kept, sizeof *order, by_month);
     for (Py_ssize_t start = 0; start < kept;) {
         Py_ssize_t end = start + 1;
@@ -573,6 +594,7 @@ static PyObject *merge_later(PyObject *module, PyObject *const *args, Py_ssize_t
         if (start > 0)
             put_char(&lines, '\n');
         Py_ssize_t found = put_month(&lines, order + start, end - start, places, scratch);
+        last_present = found > 0;
         if (found && current != Py_None && !may_move) {
             /* may_move(): a month after every observed month (its district before was None)
              * that places the worker where they are, with no re-baseline since, changes
@@ -593,16 +615,43 @@ static PyObject *merge_later(PyObject *module, PyObject *const *args, Py_ssize_t
         PyErr_NoMemory();
         goto done;
     }
-    result = Py_BuildValue("(y#y#nO)", (const char *)fresh, kept * 8,
-                           lines.data ? lines.data : "", (Py_ssize_t)lines.size, kept,
-                           may_move ? Py_True : Py_False);
+    if (kept == 0) {
+        result = Py_BuildValue("(OOnOsO)", stored_digests, stored_tail, kept, Py_False, "",
+                               Py_False);
+        goto done;
+    }
+    /* the stored form after the merge: digests and month lines appended */
+    Py_ssize_t tail_size = PyBytes_GET_SIZE(stored_tail);
+    Py_ssize_t separator = tail_size > 0;
+    PyObject *new_digests = PyBytes_FromStringAndSize(NULL, (stored_count + kept) * 8);
+    PyObject *new_tail =
+        PyBytes_FromStringAndSize(NULL, tail_size + separator + (Py_ssize_t)lines.size);
+    if (new_digests != NULL && new_tail != NULL) {
+        char *d = PyBytes_AS_STRING(new_digests), *t = PyBytes_AS_STRING(new_tail);
+        memcpy(d, digests, (size_t)stored_count * 8);
+        memcpy(d + stored_count * 8, fresh, (size_t)kept * 8);
+        memcpy(t, tail, (size_t)tail_size);
+        if (separator)
+            t[tail_size] = '\n';
+        memcpy(t + tail_size + separator, lines.data, lines.size);
+        const Entry *newest = order[kept - 1];
+        result = Py_BuildValue("(NNnOs#O)", new_digests, new_tail, kept,
+                               may_move ? Py_True : Py_False, newest->month.text,
+                               (Py_ssize_t)MONTH_BYTES, last_present ? Py_True : Py_False);
+        new_digests = new_tail = NULL;
+    }
+    Py_XDECREF(new_digests);
+    Py_XDECREF(new_tail);
 done:
-    PyMem_Free(entries);
-    PyMem_Free(order);
-    PyMem_Free(scratch);
-    PyMem_Free(places);
-    PyMem_Free(fresh);
-    free(lines.data);
+    if (!on_stack) {
+        PyMem_Free(entries);
+        PyMem_Free(order);
+        PyMem_Free(scratch);
+        PyMem_Free(places);
+        PyMem_Free(fresh);
+    }
+    if (!lines.borrowed)
+        free(lines.data);
     return result;
 }
 
@@ -628,7 +677,7 @@ static PyObject *configure(PyObject *module, PyObject *args) {
 static PyMethodDef methods[] = {
     {"merge_later", (PyCFunction)(void (*)(void))merge_later, METH_FASTCALL,
      "merge_later(digests, tail, collections, current, last_rebaseline)"
-     " -> (digests, lines, counted, may_move) | None"},
+     " -> (digests, tail, counted, may_move, last_month, last_present) | None"},
     {"configure", configure, METH_VARARGS,
      "configure(biometric, others): the AuthMode members, by whether they prove presence."},
     {NULL, NULL, 0, NULL},

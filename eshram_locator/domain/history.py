@@ -276,13 +276,10 @@ class MemberHistory:
         )
         if merged is None:
             return None
-        digests, lines, counted, moves = merged
+        digests, tail, counted, moves, last_month, last_present = merged
         if counted:
-            self._digests += digests
-            self._tail = _LINE_END.join((self._tail, lines)) if self._tail else lines
-            last = lines.rfind(_LINE_END) + 1
-            self._last_stored = lines[last : last + _MONTH_BYTES].decode()
-            self._last_present = lines[last + _MONTH_BYTES] == _PRESENT[0]
+            self._digests, self._tail = digests, tail
+            self._last_stored, self._last_present = last_month, last_present
             self._lines = None
         return counted, moves
 
