@@ -56,6 +56,11 @@ class RawAadhaarError(ValidationError):
     error_class = "raw_aadhaar"
 
 
+class StaleMemberRowError(LocatorError):
+    """A member row was written by a row version that is no longer current: the batch rolls
+    back (a defect in the caller, never retried as if transient)."""
+
+
 class RetriableError(LocatorError):
     """A dependency (broker, database) is unavailable or a transaction must be retried."""
 

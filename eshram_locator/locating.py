@@ -114,7 +114,7 @@ class Locator:
             members.update(store.members(sorted(registry_refs), histories=read))
 
         changed, moved = self._add_collections(members, collections, outcome)
-        store.save_histories([(ref, members[ref].history) for ref in sorted(changed)])
+        store.save_histories([members[ref] for ref in sorted(changed)])
         targets = [
             row
             for ref, row in members.items()

@@ -20,6 +20,7 @@ from psycopg.rows import TupleRow, class_row
 from psycopg.types.json import set_json_loads
 
 from eshram_locator.domain.history import MemberHistory
+from eshram_locator.errors import StaleMemberRowError
 
 
 @dataclass(slots=True)  # not frozen: one per member read, and a frozen __init__ is 4x slower
@@ -58,6 +59,9 @@ class MemberRow:
     head (see ``WorkerHead``)."""
 
     member_ref: str
+    #: The row version read (its ctid): ``save_histories`` updates it without an index lookup.
+    #: Read the row again after changing it in the same transaction.
+    version: str
     uan: str | None
     deregistered_at: datetime | None
     history: MemberHistory
@@ -208,7 +212,7 @@ class LocatorStore:
         not read again (a history deleted since comes back empty)."""
         history = "m.history" if histories is None else "m.history IS NULL"
         query = (
-            f"SELECT m.member_ref, m.uan, m.deregistered_at, {history}, w.uan,"
+            f"SELECT m.member_ref, m.ctid::text, m.uan, m.deregistered_at, {history}, w.uan,"
             " w.current_state_lgd, w.current_district_lgd, w.baselines -> -1 ->> 0"
             " FROM members m LEFT JOIN workers w ON w.uan = m.uan"
             " WHERE m.member_ref = ANY(string_to_array(%s, %s)) ORDER BY m.member_ref"
@@ -217,7 +221,7 @@ class LocatorStore:
             query += " FOR UPDATE OF m"
         found: dict[str, MemberRow] = {}
         read = MemberHistory.from_bytes
-        for ref, uan, deregistered_at, stored, *worker in self._conn.execute(
+        for ref, version, uan, deregistered_at, stored, *worker in self._conn.execute(
             query.encode(), _pack(member_refs), binary=True
         ).fetchall():
             if histories is None:
@@ -226,6 +230,7 @@ class LocatorStore:
                 kept = MemberHistory() if stored else histories[ref]
             found[ref] = MemberRow(
                 ref,
+                version,
                 uan,
                 deregistered_at,
                 kept,
@@ -233,17 +238,22 @@ class LocatorStore:
             )
         return found
 
-    def save_histories(self, histories: Sequence[tuple[str, MemberHistory]]) -> None:
-        """(member_ref, history) of members whose history changed; the rows exist and are locked."""
-        if not histories:
+    def save_histories(self, members: Sequence[MemberRow]) -> None:
+        """Write the histories of members whose history changed: rows locked and not changed
+        since they were read (``MemberRow.version``)."""
+        if not members:
             return
-        refs, separator = _pack([ref for ref, _ in histories])
-        self._conn.execute(
+        versions, separator = _pack([member.version for member in members])
+        updated = self._conn.execute(
             "UPDATE members AS m SET history = u.history"
-            " FROM unnest(string_to_array(%s, %s), %b::bytea[])"
-            " AS u(member_ref, history) WHERE m.member_ref = u.member_ref",
-            (refs, separator, [history.to_bytes() for _, history in histories]),
-        )
+            " FROM unnest(string_to_array(%s, %s)::tid[], %b::bytea[])"
+            " AS u(version, history) WHERE m.ctid = u.version",
+            (versions, separator, [member.history.to_bytes() for member in members]),
+        ).rowcount
+        if updated != len(members):  # a row changed after it was read: a bug, never a skip
+            raise StaleMemberRowError(
+                f"{len(members) - updated} of {len(members)} member rows changed since read"
+            )
 
     def set_member_uans(self, assignments: Sequence[tuple[str, str | None]]) -> None:
         """(member_ref, uan or None) for members whose registration changed in this batch."""

@@ -31,7 +31,7 @@ from eshram_locator.avro_codec import (
     fingerprint_hex,
     schema_topic_records,
 )
-from eshram_locator.domain.history import epoch_us
+from eshram_locator.domain.history import MemberHistory, epoch_us
 from eshram_locator.domain.model import (
     AddressUpdateRequested,
     AuthMode,
@@ -52,6 +52,7 @@ from eshram_locator.domain.rules import (
     history_of,
     location_event_id,
 )
+from eshram_locator.errors import StaleMemberRowError
 from eshram_locator.kafka import clients
 from eshram_locator.kafka.publish import publish_schemas
 from eshram_locator.kafka.topics import COMPACT, provision_topics, topic_specs
@@ -404,15 +405,8 @@ def test_member_histories_round_trip(store: LocatorStore) -> None:
         assert set(rows) == {MEMBER_REF, "adv:other"}
         assert all(len(row.history) == 0 and row.uan is None for row in rows.values())
         for c in collections:
-            assert rows[c.member_ref].history.add(
-                observation_key(c.source, c.transaction_id),
-                c.allocation_month,
-                epoch_us(c.transacted_at),
-                c.auth_mode.is_biometric,
-                c.fps_id,
-                c.fps_location,
-            )
-        store.save_histories([(ref, row.history) for ref, row in rows.items()])
+            assert add_collection(rows[c.member_ref].history, c)
+        store.save_histories(list(rows.values()))
     with store.unit_of_work():
         found = store.lock_members([MEMBER_REF, "adv:other", "adv:nobody"])
     assert found[MEMBER_REF].history == history_of(
@@ -428,6 +422,38 @@ def test_member_histories_round_trip(store: LocatorStore) -> None:
         True,
         "FPS-X",
         Location(27, 519),
+    )
+
+
+def test_a_history_written_over_a_row_changed_since_it_was_read_is_refused(
+    store: LocatorStore,
+) -> None:
+    """Histories are written by row version (ctid): a version the batch itself replaced after
+    reading it must raise (the batch then rolls back), never be skipped silently."""
+    with store.unit_of_work():
+        store.lock_members(["adv:stale"])
+    with store.unit_of_work():
+        rows = store.lock_members(["adv:stale"])
+        store.set_member_uans([("adv:stale", None)])  # a new row version
+        add_collection(rows["adv:stale"].history, COLLECTION)
+        with pytest.raises(StaleMemberRowError):
+            store.save_histories(list(rows.values()))
+    with store.unit_of_work():
+        rows = store.lock_members(["adv:stale"])
+        assert len(rows["adv:stale"].history) == 0  # nothing was written
+        add_collection(rows["adv:stale"].history, COLLECTION)
+        store.save_histories(list(rows.values()))
+        assert len(store.lock_members(["adv:stale"])["adv:stale"].history) == 1
+
+
+def add_collection(history: MemberHistory, c: RationCollection) -> bool:
+    return history.add(
+        observation_key(c.source, c.transaction_id),
+        c.allocation_month,
+        epoch_us(c.transacted_at),
+        c.auth_mode.is_biometric,
+        c.fps_id,
+        c.fps_location,
     )
 
 
