@@ -33,6 +33,7 @@ from confluent_kafka import (
 )
 
 from eshram_locator.avro_codec import AvroCodec, single_object_header
+from eshram_locator.domain.history import compiled_merge_available
 from eshram_locator.errors import PermanentRecordError, RetriableError
 from eshram_locator.intake import (
     WORKER_REGISTRATION,
@@ -105,6 +106,8 @@ class LocatorProcess:
         self._read_registration_fast = fast_registration_reader(codec)
         if self._read_fast is None or self._read_registration_fast is None:
             log.warning("compiled_reader_unavailable")
+        if not compiled_merge_available():  # every collection is added in Python (slower)
+            log.warning("compiled_history_merge_unavailable")
         # Registrations that come in the current schema's single-object encoding are stored as
         # they came.
         self._current_registration = single_object_header(

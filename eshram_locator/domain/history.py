@@ -57,6 +57,11 @@ _MONTH_BYTES = 7
 _PRESENT, _ABSENT, _LINE_END = b"1", b"0", b"\n"
 
 
+def compiled_merge_available() -> bool:
+    """Whether ``MemberHistory.merge_later`` has its C extension (built by ``pip install``)."""
+    return _history_merge is not None
+
+
 def transaction_digest(key: str) -> int:
     """Rule 8's memory of a transaction key: the first 8 bytes of its SHA-256, signed.
 

@@ -13,7 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eshram_locator.domain import history as history_module
-from eshram_locator.domain.history import MemberHistory, epoch_us, may_move
+from eshram_locator.domain.history import (
+    MemberHistory,
+    compiled_merge_available,
+    epoch_us,
+    may_move,
+)
 from eshram_locator.domain.model import (
     AuthMode,
     District,
@@ -23,10 +28,6 @@ from eshram_locator.domain.model import (
 )
 from eshram_locator.domain.months import add_months
 from eshram_locator.postgres.store import observation_key
-
-pytestmark = pytest.mark.skipif(
-    history_module._history_merge is None, reason="the C extension was not built"
-)
 
 START = "2024-01"
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -100,6 +101,10 @@ def general_path(
 def unique(batch: list[RationCollection]) -> list[RationCollection]:
     """Each transaction once, as the locator hands a member's collections over."""
     return list({(c.source, c.transaction_id): c for c in batch}.values())
+
+
+def test_the_extension_is_built() -> None:
+    assert compiled_merge_available(), "eshram_locator.domain._history_merge is not built"
 
 
 CURRENT = st.one_of(st.none(), st.sampled_from([(9, 140), (9, 141), (7, 77), (1, 1)]))
