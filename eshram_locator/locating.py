@@ -141,7 +141,9 @@ class Locator:
         another answer: every month the batch touched kept its monthly district (rule 3), or
         is a month after all the member's observed months where the worker already is. Within
         a batch, a transaction id seen twice keeps the smallest content (as ``derive_timeline``
-        does), never the first to arrive.
+        does), never the first to arrive. Most members take one compiled step
+        (``MemberHistory.merge_later``: collections of months after every stored one); the
+        others add each collection, then ask ``may_move``.
         """
         changed: set[str] = set()
         moved: set[str] = set()

@@ -13,7 +13,8 @@
  *   - a string (source, transaction id, shop id, pincode, month) has a byte outside printable
  *     ASCII, a quote or a backslash (JSON would escape it);
  *   - a time is not in datetime.UTC, or an LGD code is not an int that fits 64 bits;
- *   - an attribute is missing or of another type, or there are more than 100,000 collections.
+ *   - an object is not a RationCollection (or its shop not a Location), an attribute is of
+ *     another type, or there are more than 100,000 collections.
  * tests/unit/test_history_merge.py checks, on generated histories and collections, that the
  * result is None or exactly the general path's (same stored bytes, same may_move).
  */
@@ -147,6 +148,7 @@ static struct {
     PyObject *names[12]; /* interned attribute names */
     PyObject *biometric; /* tuple of the biometric AuthMode members */
     PyObject *others;    /* tuple of the other AuthMode members */
+    PyObject *collection_type, *location_type; /* RationCollection, Location: slotted */
 } merge;
 
 enum {
@@ -170,7 +172,8 @@ static const char *attribute_names[12] = {
     "district_lgd",   "subdistrict_lgd",  "village_town_lgd", "pincode",
 };
 
-/* Borrowed attribute: the (frozen) object keeps it alive while the caller holds the object. */
+/* Borrowed attribute of a RationCollection or Location (checked by type: frozen slotted
+ * dataclasses): the object keeps it alive while the caller holds the object. */
 static PyObject *attribute(PyObject *object, int name) {
     PyObject *value = PyObject_GetAttr(object, merge.names[name]);
     if (value == NULL) {
@@ -245,9 +248,11 @@ static int member_of(PyObject *tuple, PyObject *value) {
 
 /* 1 and *entry filled, or 0: the general path decides. */
 static int read_entry(PyObject *collection, Entry *entry) {
+    if ((PyObject *)Py_TYPE(collection) != merge.collection_type)
+        return 0;
     PyObject *auth = attribute(collection, A_AUTH);
     PyObject *location = attribute(collection, A_LOCATION);
-    if (auth == NULL || location == NULL)
+    if (auth == NULL || location == NULL || (PyObject *)Py_TYPE(location) != merge.location_type)
         return 0;
     if (member_of(merge.biometric, auth))
         entry->presence = 1;
@@ -656,9 +661,10 @@ done:
 }
 
 static PyObject *configure(PyObject *module, PyObject *args) {
-    PyObject *biometric, *others;
-    if (!PyArg_ParseTuple(args, "O!O!:configure", &PyTuple_Type, &biometric, &PyTuple_Type,
-                          &others))
+    PyObject *biometric, *others, *collection_type, *location_type;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!:configure", &PyTuple_Type, &biometric, &PyTuple_Type,
+                          &others, &PyType_Type, &collection_type, &PyType_Type,
+                          &location_type))
         return NULL;
     for (int i = 0; i < 12; i++) {
         if (merge.names[i] == NULL) {
@@ -671,6 +677,10 @@ static PyObject *configure(PyObject *module, PyObject *args) {
     Py_XSETREF(merge.biometric, biometric);
     Py_INCREF(others);
     Py_XSETREF(merge.others, others);
+    Py_INCREF(collection_type);
+    Py_XSETREF(merge.collection_type, collection_type);
+    Py_INCREF(location_type);
+    Py_XSETREF(merge.location_type, location_type);
     Py_RETURN_NONE;
 }
 
@@ -679,7 +689,8 @@ static PyMethodDef methods[] = {
      "merge_later(digests, tail, collections, current, last_rebaseline)"
      " -> (digests, tail, counted, may_move, last_month, last_present) | None"},
     {"configure", configure, METH_VARARGS,
-     "configure(biometric, others): the AuthMode members, by whether they prove presence."},
+     "configure(biometric, others, collection_type, location_type): the AuthMode members by"
+     " whether they prove presence, and the RationCollection and Location classes."},
     {NULL, NULL, 0, NULL},
 };
 

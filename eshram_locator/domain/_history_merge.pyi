@@ -9,4 +9,10 @@ def merge_later(
     last_rebaseline: str | None,
     /,
 ) -> tuple[bytes, bytes, int, bool, str, bool] | None: ...
-def configure(biometric: tuple[object, ...], others: tuple[object, ...], /) -> None: ...
+def configure(
+    biometric: tuple[object, ...],
+    others: tuple[object, ...],
+    collection_type: type,
+    location_type: type,
+    /,
+) -> None: ...

@@ -36,6 +36,8 @@ else:
     _history_merge.configure(
         tuple(mode for mode in AuthMode if mode.is_biometric),
         tuple(mode for mode in AuthMode if not mode.is_biometric),
+        RationCollection,
+        Location,
     )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -31,7 +31,6 @@ from eshram_locator.avro_codec import (
     fingerprint_hex,
     schema_topic_records,
 )
-from eshram_locator.domain.history import MemberHistory, epoch_us
 from eshram_locator.domain.model import (
     AddressUpdateRequested,
     AuthMode,
@@ -62,6 +61,7 @@ from eshram_locator.records import FROM_AVRO, to_avro
 from eshram_locator.settings import Settings
 from eshram_locator.topics import TopicNames
 from tests.unit.test_avro_codec import _FakeRegistry
+from tests.unit.test_history_merge import add_collection
 
 pytestmark = pytest.mark.integration
 
@@ -444,17 +444,6 @@ def test_a_history_written_over_a_row_changed_since_it_was_read_is_refused(
         add_collection(rows["adv:stale"].history, COLLECTION)
         store.save_histories(list(rows.values()))
         assert len(store.lock_members(["adv:stale"])["adv:stale"].history) == 1
-
-
-def add_collection(history: MemberHistory, c: RationCollection) -> bool:
-    return history.add(
-        observation_key(c.source, c.transaction_id),
-        c.allocation_month,
-        epoch_us(c.transacted_at),
-        c.auth_mode.is_biometric,
-        c.fps_id,
-        c.fps_location,
-    )
 
 
 def test_migrations_0002_and_0003_fold_stored_observations_into_the_same_histories(

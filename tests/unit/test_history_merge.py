@@ -6,7 +6,9 @@ path's byte for byte, with the same count and the same ``may_move``."""
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -40,6 +42,8 @@ PLACES = (
     Location(27, 519, 4001, None, "400001"),
 )
 SOURCES = ("PDS-UP", "PDS-MH", "P")
+FIELDS = [field.name for field in fields(RationCollection)]
+PLACE_FIELDS = [field.name for field in fields(Location)]
 
 
 @st.composite
@@ -70,18 +74,20 @@ def collections(
     return found
 
 
+def add_collection(history: MemberHistory, c: RationCollection) -> bool:
+    """``MemberHistory.add`` of one collection, as the locator's general path calls it."""
+    return history.add(
+        observation_key(c.source, c.transaction_id),
+        c.allocation_month,
+        epoch_us(c.transacted_at),
+        c.auth_mode.is_biometric,
+        c.fps_id,
+        c.fps_location,
+    )
+
+
 def add_all(history: MemberHistory, batch: list[RationCollection]) -> int:
-    counted = 0
-    for c in batch:
-        counted += history.add(
-            observation_key(c.source, c.transaction_id),
-            c.allocation_month,
-            epoch_us(c.transacted_at),
-            c.auth_mode.is_biometric,
-            c.fps_id,
-            c.fps_location,
-        )
-    return counted
+    return sum(add_collection(history, c) for c in batch)
 
 
 def general_path(
@@ -207,6 +213,11 @@ def test_what_the_merge_leaves_to_the_general_path() -> None:
         history = MemberHistory.from_bytes(stored)
         assert history.merge_later(batch, (9, 140), None) is None, batch
         assert history.to_bytes() == stored
+    history = MemberHistory.from_bytes(stored)
+    lookalike = SimpleNamespace(**{name: getattr(one(), name) for name in FIELDS})
+    assert history.merge_later([lookalike], None, None) is None  # type: ignore[list-item]
+    lookalike_place = SimpleNamespace(**{name: getattr(PLACES[0], name) for name in PLACE_FIELDS})
+    assert history.merge_later([one(fps_location=lookalike_place)], None, None) is None
     after_add = MemberHistory.from_bytes(stored)
     add_all(after_add, [one("2024-04", transaction_id="t5")])
     assert after_add.merge_later([one("2024-05")], None, None) is None  # changed since read
