@@ -8,7 +8,7 @@ the relay. Everything here is set-based: a handful of statements per batch, what
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -100,15 +100,17 @@ class Locator:
     ) -> tuple[BatchOutcome, list[OutboxRow]]:
         outcome = BatchOutcome()
         registry_refs: set[str] = set()
+        named: dict[str, str] = {}  # member_ref -> uan of the batch's last registration naming it
         if registry:
             known = store.workers(
                 {update.uan for update in registry}, lock=False, registration=False
             )
             registry_refs.update(worker.member_ref for worker in known.values())
-            registry_refs.update(u.registration.member_ref for u in registry if u.registration)
-        members = store.lock_members({c.member_ref for c in collections} | registry_refs)
+            named = {u.registration.member_ref: u.uan for u in registry if u.registration}
+            registry_refs.update(named)
+        members = store.lock_members({c.member_ref for c in collections} | registry_refs, named)
 
-        affected, fresh = self._apply_registry(store, registry, outcome)
+        affected, fresh = self._apply_registry(store, registry, outcome, members)
         if registry_refs:  # their uan and worker rows may have changed: read them again
             read = {ref: members[ref].history for ref in registry_refs}
             members.update(store.members(sorted(registry_refs), histories=read))
@@ -200,10 +202,15 @@ class Locator:
     # --- rule 11: the registry ---------------------------------------------------------------
 
     def _apply_registry(
-        self, store: LocatorStore, registry: Sequence[RegistryUpdate], outcome: BatchOutcome
+        self,
+        store: LocatorStore,
+        registry: Sequence[RegistryUpdate],
+        outcome: BatchOutcome,
+        members: Mapping[str, MemberRow],
     ) -> tuple[set[str], set[str]]:
         """Apply registry records in order. Returns the uans whose timeline must be recomputed,
-        and those of them registered for the first time in this batch."""
+        and those of them registered for the first time in this batch. ``members``: the
+        batch's locked members (those ``lock_members`` created carry a uan given in advance)."""
         if not registry:
             return set(), set()
         current = store.workers({update.uan for update in registry}, lock=True)
@@ -256,8 +263,17 @@ class Locator:
                 or old_registration.member_ref != new.member_ref
             ):
                 affected.add(new.uan)
+        for ref, row in members.items():
+            if row.created and row.uan is not None:  # given in advance: None unless assigned
+                member_assignments.setdefault(ref, None)
         # A uan deregistered and registered again in one batch ends registered.
-        store.set_member_uans(list(member_assignments.items()))
+        store.set_member_uans(
+            [
+                (ref, uan)
+                for ref, uan in member_assignments.items()
+                if ref not in members or members[ref].uan != uan
+            ]
+        )
         store.delete_workers([d for d in deletions if d[0] not in saved])
         store.save_workers(list(saved.values()))
         return affected, fresh

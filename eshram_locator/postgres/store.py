@@ -66,6 +66,7 @@ class MemberRow:
     deregistered_at: datetime | None
     history: MemberHistory
     worker: WorkerHead | None
+    created: bool = False  # inserted by this transaction's ``lock_members``
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,22 +182,37 @@ class LocatorStore:
 
     # --- members and workers -----------------------------------------------------------------
 
-    def lock_members(self, member_refs: Iterable[str]) -> dict[str, MemberRow]:
+    def lock_members(
+        self, member_refs: Iterable[str], uans: Mapping[str, str] | None = None
+    ) -> dict[str, MemberRow]:
         """Lock every given member row (inserting unseen members) and return each with its
         history and, when registered, its worker row. Rows are locked in sorted order, the
-        existing ones first (a deadlock with another process is retried by the caller)."""
+        existing ones first (a deadlock with another process is retried by the caller).
+
+        ``uans``: the uan an unseen member is inserted with (the registration of this batch
+        that names it), instead of inserting it without one and updating it (a non-HOT update:
+        ``uan`` decides the ``members_unregistered`` index). Rows inserted here are marked
+        ``created``; the caller corrects their uan if the registration does not apply."""
         refs = sorted(set(member_refs))
         if not refs:
             return {}
         found = self.members(refs, lock=True)
         if len(found) < len(refs):
             unseen = [ref for ref in refs if ref not in found]
-            self._conn.execute(
-                "INSERT INTO members (member_ref) SELECT unnest(string_to_array(%s, %s))"
-                " ON CONFLICT DO NOTHING",
-                _pack(unseen),
-            )
-            found.update(self.members(unseen, lock=True))
+            given = uans or {}
+            created = {
+                ref
+                for (ref,) in self._conn.execute(
+                    "INSERT INTO members (member_ref, uan)"
+                    " SELECT * FROM unnest(string_to_array(%s, %s), %s::text[])"
+                    " ON CONFLICT DO NOTHING RETURNING member_ref",
+                    (*_pack(unseen), [given.get(ref) for ref in unseen]),
+                )
+            }
+            inserted = self.members(unseen, lock=True)
+            for ref in created:
+                inserted[ref].created = True
+            found.update(inserted)
         return found
 
     def members(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import psycopg
@@ -71,7 +73,7 @@ def produce(
     pipeline: Pipeline,
     registrations: list[WorkerRegistration],
     collections: list[RationCollection],
-    raw: list[tuple[str, bytes, bytes]] = (),
+    raw: Sequence[tuple[str, bytes, bytes | None]] = (),
 ) -> None:
     producer = pipeline.producer()
     for worker in registrations:
@@ -215,3 +217,29 @@ def test_a_registration_in_the_current_schema_is_stored_as_it_came(pipeline: Pip
     with psycopg.connect(pipeline.endpoints.postgres_dsn) as conn:
         stored = conn.execute("SELECT registration FROM workers WHERE uan = %s", (UAN,)).fetchone()
     assert stored == (padded,)
+
+
+def test_members_end_with_the_uan_the_registry_path_decides(pipeline: Pipeline) -> None:
+    """A member seen first in a batch is inserted with the uan of the registration naming it
+    (no update after); where the registry path then decides otherwise, the member ends as it
+    decides: an older registration re-delivered naming another member does not apply, and a
+    registration deleted in the same batch leaves its member unregistered."""
+    newer = replace(registration(), updated_at=datetime(2025, 2, 1, tzinfo=UTC))
+    produce(pipeline, [newer], [])
+    pipeline.run_locator()
+    stale = replace(registration(), member_ref="MR-STALE")  # updated_at 2025-01-01: older
+    second = registration("100000000002", "MR-0002")
+    deleted = registration("100000000003", "MR-0003")
+    produce(
+        pipeline,
+        [stale, second, deleted],
+        [collection(1, "2025-04", HOME, member_ref="MR-STALE")],
+        raw=[(pipeline.names.registry, deleted.uan.encode(), None)],
+    )
+    totals = pipeline.run_locator()
+    assert totals.registry == 4
+    with psycopg.connect(pipeline.endpoints.postgres_dsn) as conn:
+        uans = dict(conn.execute("SELECT member_ref, uan FROM members").fetchall())
+        workers = dict(conn.execute("SELECT uan, member_ref FROM workers").fetchall())
+    assert uans == {MEMBER: UAN, "MR-STALE": None, "MR-0002": "100000000002", "MR-0003": None}
+    assert workers == {UAN: MEMBER, "100000000002": "MR-0002"}
