@@ -263,3 +263,25 @@ def test_merging_leaks_no_reference() -> None:
     assert [sys.getrefcount(c) for c in batch] + [sys.getrefcount(PLACES[0])] == counts
     if before is not None:
         assert sys.gettotalrefcount() - before < 100
+
+
+def test_many_collections_with_long_ids_merge_as_the_general_path_does() -> None:
+    """Past the stack space the C code keeps for a member (8 collections, 1 KB of lines):
+    its heap arrays and a buffer that grows."""
+    batch = [
+        one(
+            f"2025-{1 + i % 12:02d}",
+            transaction_id=f"T-{i}-" + "x" * 80,
+            source="PDS-" + "y" * 40,
+            fps_id=f"FPS-{i % 7}",
+            fps_location=PLACES[i % len(PLACES)],
+            auth_mode=list(AuthMode)[i % len(AuthMode)],
+            transacted_at=T0 + timedelta(minutes=i % 3),
+        )
+        for i in range(60)
+    ]
+    expected, counted, moves = general_path(b"", batch, (9, 140), None)
+    history = MemberHistory()
+    assert history.merge_later(batch, (9, 140), None) == (counted, moves)
+    assert len(history.to_bytes()) > 4_000
+    assert history.to_bytes() == expected.to_bytes()
