@@ -584,12 +584,9 @@ static PyObject *configure(PyObject *module, PyObject *args) {
     Py_DECREF(iterator);
     if (PyErr_Occurred())
         return NULL;
-    Py_INCREF(auth_modes);
-    Py_XSETREF(reader.auth_modes, auth_modes);
-    Py_INCREF(portabilities);
-    Py_XSETREF(reader.portabilities, portabilities);
-    Py_INCREF(epoch);
-    Py_XSETREF(reader.epoch, epoch);
+    Py_XSETREF(reader.auth_modes, Py_NewRef(auth_modes));
+    Py_XSETREF(reader.portabilities, Py_NewRef(portabilities));
+    Py_XSETREF(reader.epoch, Py_NewRef(epoch));
     Py_XSETREF(reader.locations, PyDict_New());
     Py_XSETREF(reader.item_lists, PyDict_New());
     if (reader.locations == NULL || reader.item_lists == NULL)

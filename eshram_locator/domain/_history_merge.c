@@ -673,14 +673,10 @@ static PyObject *configure(PyObject *module, PyObject *args) {
                 return NULL;
         }
     }
-    Py_INCREF(biometric);
-    Py_XSETREF(merge.biometric, biometric);
-    Py_INCREF(others);
-    Py_XSETREF(merge.others, others);
-    Py_INCREF(collection_type);
-    Py_XSETREF(merge.collection_type, collection_type);
-    Py_INCREF(location_type);
-    Py_XSETREF(merge.location_type, location_type);
+    Py_XSETREF(merge.biometric, Py_NewRef(biometric));
+    Py_XSETREF(merge.others, Py_NewRef(others));
+    Py_XSETREF(merge.collection_type, Py_NewRef(collection_type));
+    Py_XSETREF(merge.location_type, Py_NewRef(location_type));
     Py_RETURN_NONE;
 }
 
