@@ -5,6 +5,12 @@ one PostgreSQL transaction that also stores the outgoing events (outbox), the de
 the consumer offsets; then the relay publishes the outbox. PostgreSQL holds the offsets, so a
 crash anywhere resumes exactly after the last committed batch: nothing lost, no effect twice.
 
+Two threads: the main thread consumes and decodes batch N+1 while one committer thread runs
+batch N's transaction and relay (psycopg and librdkafka release the GIL while they wait, so the
+decoding fills the time spent waiting for PostgreSQL). Transactions still run one at a time, in
+the order of consumption, and at most one batch waits decoded: a rebalance, a purge or the end
+of the input first lets the batch in flight commit.
+
 SIGTERM or SIGINT: the batch in flight finishes and commits, then the process exits 0.
 """
 
@@ -15,6 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import FrameType
@@ -34,6 +41,7 @@ from confluent_kafka import (
 
 from eshram_locator.avro_codec import AvroCodec, single_object_header
 from eshram_locator.domain.history import compiled_merge_available
+from eshram_locator.domain.model import RationCollection
 from eshram_locator.errors import PermanentRecordError, RetriableError
 from eshram_locator.intake import (
     WORKER_REGISTRATION,
@@ -86,6 +94,18 @@ class Totals:
     by_error: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _Batch:
+    """A consumed batch, decoded: what its transaction applies."""
+
+    messages: int
+    registry: list[RegistryUpdate]
+    collections: list[RationCollection]
+    rejected: list[OutboxRow]
+    next_offsets: dict[tuple[str, int], int]
+    by_error: dict[str, int]
+
+
 class LocatorProcess:
     def __init__(
         self,
@@ -125,7 +145,10 @@ class LocatorProcess:
         self._registry_targets: dict[tuple[str, int], int] = {}
         self._paused: list[TopicPartition] = []
         self._paused_at = 0.0
-        self.totals = Totals()
+        # One thread runs the transactions (and the relay), one at a time, in consumption order.
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="locator-commit")
+        self._in_flight: Future[dict[tuple[str, int], int]] | None = None
+        self.totals = Totals()  # written by the committer thread only
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -158,13 +181,18 @@ class LocatorProcess:
                 )
                 if messages:
                     idle = 0
-                    self._process(messages)
+                    batch = self._read(messages)
+                    self._positions.update(batch.next_offsets)  # consumed; committed in order
+                    self._settle()
+                    self._in_flight = self._committer.submit(self._commit, batch)
                     if self._paused and self._registry_read():
                         self._resume_collections("registry read")
                 elif self._paused:
+                    self._settle()  # nothing to decode meanwhile: let the batch in flight commit
                     if time.monotonic() - self._paused_at > _BOOTSTRAP_IDLE_AFTER_S:
                         self._resume_collections("registry idle")  # nothing more to read now
                 else:
+                    self._settle()
                     idle += 1
                     if (
                         self._config.idle_exit_polls
@@ -176,17 +204,37 @@ class LocatorProcess:
                     self._purge()
                     last_purge = time.monotonic()
         finally:
-            gc.set_threshold(*thresholds)
-            self._consumer.close()
-            self._relay.close()
-            if self._store is not None:
-                self._store.close()
+            try:
+                self._settle()  # what was consumed and decoded before the stop commits
+            finally:
+                self._committer.shutdown()
+                gc.set_threshold(*thresholds)
+                self._consumer.close()
+                self._relay.close()
+                if self._store is not None:
+                    self._store.close()
         log.info("locator_stopped", consumed=self.totals.consumed, changes=self.totals.changes)
         return self.totals
 
     # --- rebalancing: PostgreSQL holds the positions -----------------------------------------
 
+    def _settle(self) -> None:
+        """Wait for the batch in flight to commit (raising what its transaction raised)."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
+            return
+        next_offsets = in_flight.result()
+        if next_offsets:
+            try:  # for lag monitoring only: PostgreSQL holds the offsets that count
+                self._consumer.commit(
+                    offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
+                    asynchronous=True,
+                )
+            except KafkaException as problem:
+                log.warning("kafka_commit_skipped", error=str(problem))
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._settle()  # the store is free, and the batch consumed before commits first
         offsets = self._with_store(
             lambda store: store.load_offsets(
                 self._config.group_id, list(self._config.topics.inputs)
@@ -249,7 +297,8 @@ class LocatorProcess:
         log.info("registry_bootstrap_done", reason=reason)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Batches are processed between consume() calls, so nothing is in flight here.
+        # The batch in flight commits its offsets before another process can take them over.
+        self._settle()
         consumer.unassign()
         self._positions.clear()
         self._registry_targets, self._paused = {}, []
@@ -257,11 +306,13 @@ class LocatorProcess:
 
     # --- one batch ---------------------------------------------------------------------------
 
-    def _process(self, messages: list[Message]) -> None:
+    def _read(self, messages: list[Message]) -> _Batch:
+        """Decode and validate a batch (main thread); invalid records become dead letters."""
         registry: list[RegistryUpdate] = []
-        collections = []
+        collections: list[RationCollection] = []
         rejected: list[OutboxRow] = []
         next_offsets: dict[tuple[str, int], int] = {}
+        by_error: dict[str, int] = {}
         collections_topic, codec = self._config.topics.collections, self._codec
         read_fast, current_registration = self._read_fast, self._current_registration
         read_registration_fast = self._read_registration_fast
@@ -317,9 +368,7 @@ class LocatorProcess:
                     )
             except PermanentRecordError as problem:
                 rejected.append(dead_letter(raw, problem))
-                self.totals.by_error[problem.error_class] = (
-                    self.totals.by_error.get(problem.error_class, 0) + 1
-                )
+                by_error[problem.error_class] = by_error.get(problem.error_class, 0) + 1
                 log.warning(
                     "dead_lettered",
                     topic=topic,
@@ -328,44 +377,43 @@ class LocatorProcess:
                     error_class=problem.error_class,
                 )
             next_offsets[(topic, partition)] = offset + 1
+        return _Batch(len(messages), registry, collections, rejected, next_offsets, by_error)
+
+    def _commit(self, batch: _Batch) -> dict[tuple[str, int], int]:
+        """Apply a batch in one transaction, then publish its outbox (committer thread).
+        Returns the offsets it committed."""
 
         def commit(store: LocatorStore) -> tuple[int, int]:
             with store.unit_of_work():
                 outcome, outbox = self._locator.apply_batch(
-                    store, registry, collections, datetime.now(UTC)
+                    store, batch.registry, batch.collections, datetime.now(UTC)
                 )
-                store.enqueue(rejected + outbox)
-                store.save_offsets(self._config.group_id, next_offsets)
+                store.enqueue(batch.rejected + outbox)
+                store.save_offsets(self._config.group_id, batch.next_offsets)
             return len(outcome.changes), outcome.address_requests
 
         changes, requests = self._with_store(commit)
-        self._positions.update(next_offsets)
         self._publish_pending()
-        if next_offsets:
-            try:  # for lag monitoring only: PostgreSQL holds the offsets that count
-                self._consumer.commit(
-                    offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
-                    asynchronous=True,
-                )
-            except KafkaException as problem:
-                log.warning("kafka_commit_skipped", error=str(problem))
         totals = self.totals
         totals.batches += 1
-        totals.consumed += len(messages)
-        totals.collections += len(collections)
-        totals.registry += len(registry)
-        totals.dead_lettered += len(rejected)
+        totals.consumed += batch.messages
+        totals.collections += len(batch.collections)
+        totals.registry += len(batch.registry)
+        totals.dead_lettered += len(batch.rejected)
         totals.changes += changes
         totals.address_requests += requests
+        for error_class, count in batch.by_error.items():
+            totals.by_error[error_class] = totals.by_error.get(error_class, 0) + count
         log.info(
             "batch_committed",
-            messages=len(messages),
+            messages=batch.messages,
             changes=changes,
-            dead_lettered=len(rejected),
+            dead_lettered=len(batch.rejected),
             address_requests=requests,
         )
         if self._on_batch is not None:
             self._on_batch(totals)
+        return batch.next_offsets
 
     def _caught_up(self) -> bool:
         """Every assigned partition consumed up to its high watermark (none assigned: no)."""
@@ -416,6 +464,7 @@ class LocatorProcess:
                 delay = min(delay * 2, 5.0)
 
     def _purge(self) -> None:
+        self._settle()  # the store is the committer's while a batch is in flight
         cutoff = datetime.now(UTC) - self._config.grace
 
         def purge(store: LocatorStore) -> int:
