@@ -299,6 +299,8 @@ class LocatorProcess:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The batch in flight commits its offsets before another process can take them over.
         self._settle()
+        if self._paused:  # librdkafka keeps a partition paused when it is assigned again
+            consumer.resume(self._paused)
         consumer.unassign()
         self._positions.clear()
         self._registry_targets, self._paused = {}, []

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
+from confluent_kafka import TopicPartition
 
 from eshram_locator import bootstrap
 from eshram_locator.domain.aadhaar import find_aadhaar_like, verhoeff_check_digit
@@ -200,6 +201,35 @@ def test_the_registry_is_read_before_the_collections(pipeline: Pipeline) -> None
     assert (totals.registry, totals.collections) == (len(workers), len(events))
     first_with_collections = next(registry for registry, read in seen if read)
     assert first_with_collections == len(workers), seen[:5]
+
+
+def test_collections_paused_for_the_registry_are_resumed_when_revoked(
+    pipeline: Pipeline,
+) -> None:
+    """librdkafka keeps a partition paused across unassign and assign: collections paused for
+    the registry bootstrap, revoked before it ended and assigned again (here without the
+    registry, so no new bootstrap), must be read, not left paused for ever."""
+    produce(pipeline, [registration()], [collection(1, "2025-04", HOME)])
+    process = bootstrap.locator_process(pipeline.settings, pipeline.endpoints, idle_exit_polls=4)
+    consumer = process._consumer
+    names, settings = pipeline.names, pipeline.settings
+    registry = [TopicPartition(names.registry, p) for p in range(settings.topic_partitions)]
+    collections = [
+        TopicPartition(names.collections, p) for p in range(settings.collections_partitions)
+    ]
+    try:
+        process._on_assign(consumer, registry + collections)
+        assert process._paused  # the bootstrap waits for the registration
+        process._on_revoke(consumer, registry + collections)
+        process._on_assign(consumer, collections)
+        read: list[str | None] = []
+        for _ in range(20):
+            read += [message.topic() for message in consumer.consume(100, 0.5)]
+            if read:
+                break
+        assert read == [names.collections]
+    finally:
+        consumer.close()
 
 
 def test_a_registration_in_the_current_schema_is_stored_as_it_came(pipeline: Pipeline) -> None:
