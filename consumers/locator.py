@@ -182,6 +182,7 @@ class LocatorProcess:
                 if messages:
                     idle = 0
                     batch = self._read(messages)
+                    del messages  # not held while the next batch is consumed
                     self._positions.update(batch.next_offsets)  # consumed; committed in order
                     self._settle()
                     self._in_flight = self._committer.submit(self._commit, batch)
