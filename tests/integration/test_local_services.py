@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 import uuid
@@ -22,7 +23,7 @@ from eshram_locator.kafka.topics import (
     provision_topics,
 )
 from eshram_locator.local.kafka_server import LocalKafka
-from eshram_locator.local.postgres_server import LocalPostgres
+from eshram_locator.local.postgres_server import LocalPostgres, shared_buffers_mb
 from eshram_locator.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -74,6 +75,19 @@ def test_starting_postgres_twice_leaves_one_server(
     second = postgres.start()
     assert second.pid == first.pid
     assert postgres.status().pid == first.pid
+
+
+def test_the_local_server_sizes_its_buffer_cache_to_the_machine(
+    settings: Settings, endpoints: bootstrap.Endpoints
+) -> None:
+    if not settings.uses_local_postgres:
+        pytest.skip("an external database is configured")
+    with psycopg.connect(endpoints.postgres_dsn) as conn:
+        row = conn.execute(
+            "SELECT setting::bigint * 8192 / 1048576 FROM pg_settings WHERE name = 'shared_buffers'"
+        ).fetchone()
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert row == (shared_buffers_mb(memory),)
 
 
 def test_kafka_on_a_taken_port_names_the_setting(
