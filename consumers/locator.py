@@ -53,7 +53,7 @@ from eshram_locator.intake import (
     read_registration,
 )
 from eshram_locator.kafka.relay import OutboxRelay
-from eshram_locator.locating import Locator, RegistryUpdate
+from eshram_locator.locating import Locator, RegistryUpdate, by_member
 from eshram_locator.postgres.store import LocatorStore, OutboxRow
 from eshram_locator.topics import TopicNames
 
@@ -100,7 +100,8 @@ class _Batch:
 
     messages: int
     registry: list[RegistryUpdate]
-    collections: list[RationCollection]
+    collections: dict[str, list[RationCollection]]  # by member (locating.by_member)
+    collection_count: int
     rejected: list[OutboxRow]
     next_offsets: dict[tuple[str, int], int]
     by_error: dict[str, int]
@@ -380,7 +381,16 @@ class LocatorProcess:
                     error_class=problem.error_class,
                 )
             next_offsets[(topic, partition)] = offset + 1
-        return _Batch(len(messages), registry, collections, rejected, next_offsets, by_error)
+        # Grouping is pure work: done here, it overlaps the transaction in flight.
+        return _Batch(
+            len(messages),
+            registry,
+            by_member(collections),
+            len(collections),
+            rejected,
+            next_offsets,
+            by_error,
+        )
 
     def _commit(self, batch: _Batch) -> dict[tuple[str, int], int]:
         """Apply a batch in one transaction, then publish its outbox (committer thread).
@@ -400,7 +410,7 @@ class LocatorProcess:
         totals = self.totals
         totals.batches += 1
         totals.consumed += batch.messages
-        totals.collections += len(batch.collections)
+        totals.collections += batch.collection_count
         totals.registry += len(batch.registry)
         totals.dead_lettered += len(batch.rejected)
         totals.changes += changes

@@ -95,9 +95,11 @@ class Locator:
         self,
         store: LocatorStore,
         registry: Sequence[RegistryUpdate],
-        collections: Sequence[RationCollection],
+        collections: Mapping[str, list[RationCollection]],
         now: datetime,
     ) -> tuple[BatchOutcome, list[OutboxRow]]:
+        """``collections``: the batch's collections as ``by_member`` groups them (pure work the
+        caller can do before the transaction)."""
         outcome = BatchOutcome()
         registry_refs: set[str] = set()
         named: dict[str, str] = {}  # member_ref -> uan of the batch's last registration naming it
@@ -108,7 +110,7 @@ class Locator:
             registry_refs.update(worker.member_ref for worker in known.values())
             named = {u.registration.member_ref: u.uan for u in registry if u.registration}
             registry_refs.update(named)
-        members = store.lock_members({c.member_ref for c in collections} | registry_refs, named)
+        members = store.lock_members(collections.keys() | registry_refs, named)
 
         affected, fresh = self._apply_registry(store, registry, outcome, members)
         if registry_refs:  # their uan and worker rows may have changed: read them again
@@ -133,7 +135,7 @@ class Locator:
     def _add_collections(
         self,
         members: dict[str, MemberRow],
-        collections: Sequence[RationCollection],
+        collections: Mapping[str, list[RationCollection]],
         outcome: BatchOutcome,
     ) -> tuple[set[str], set[str]]:
         """Count each collection not seen before in its member's history.
@@ -141,16 +143,15 @@ class Locator:
         Returns (members whose history changed, members whose timeline may have changed). The
         second set leaves out, without deriving anything, members for whom no rule can give
         another answer: every month the batch touched kept its monthly district (rule 3), or
-        is a month after all the member's observed months where the worker already is. Within
-        a batch, a transaction id seen twice keeps the smallest content (as ``derive_timeline``
-        does), never the first to arrive. Most members take one compiled step
+        is a month after all the member's observed months where the worker already is.
+        ``collections``: grouped by ``by_member``. Most members take one compiled step
         (``MemberHistory.merge_later``: collections of months after every stored one); the
         others add each collection, then ask ``may_move``.
         """
         changed: set[str] = set()
         moved: set[str] = set()
         touched: dict[str, dict[str, District | None]] = {}
-        for ref, batch in _by_member(_in_content_order(collections)).items():
+        for ref, batch in collections.items():
             row = members[ref]
             worker = row.worker
             if row.uan is not None or row.deregistered_at is None:  # no late ones to skip
@@ -415,9 +416,12 @@ def _member_ref(row: MemberRow) -> str:
     return row.member_ref
 
 
-def _by_member(collections: Sequence[RationCollection]) -> dict[str, list[RationCollection]]:
+def by_member(collections: Sequence[RationCollection]) -> dict[str, list[RationCollection]]:
+    """A batch's collections by member, each transaction once: of a transaction id seen twice
+    in the batch, the smallest content (as ``derive_timeline`` does), never the first to
+    arrive. What ``Locator.apply_batch`` takes."""
     grouped: dict[str, list[RationCollection]] = {}
-    for collection in collections:
+    for collection in _in_content_order(collections):
         batch = grouped.get(collection.member_ref)
         if batch is None:
             grouped[collection.member_ref] = [collection]
