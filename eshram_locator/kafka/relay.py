@@ -54,7 +54,7 @@ class OutboxRelay:
                     self._producer.poll(0)
                 flush_all(self._producer, self._flush_timeout_s)
                 self._tracker.raise_if_failed()
-                store.delete_outbox(pending[-1].id)
+                store.delete_outbox([item.id for item in pending])
             published += len(pending)
             log.debug("outbox_published", rows=len(pending))
 

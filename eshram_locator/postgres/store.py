@@ -463,8 +463,12 @@ class LocatorStore:
             for row_id, topic, key, value, headers in rows
         ]
 
-    def delete_outbox(self, up_to_id: int) -> None:
-        self._conn.execute("DELETE FROM outbox WHERE id <= %s", (up_to_id,))
+    def delete_outbox(self, ids: Sequence[int]) -> None:
+        """Forget the rows published: these ids, never a range. Ids are drawn when a row is
+        inserted, not when its transaction commits, so a row with a smaller id than the last
+        one published can commit after ``pending_outbox`` read: ``id <= last`` would delete
+        it unpublished."""
+        self._conn.execute("DELETE FROM outbox WHERE id = ANY(%s)", (list(ids),))
 
     def save_offsets(self, group_id: str, next_offsets: dict[tuple[str, int], int]) -> None:
         if not next_offsets:
