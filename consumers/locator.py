@@ -189,19 +189,19 @@ class LocatorProcess:
                     self._in_flight = self._committer.submit(self._commit, batch)
                     if self._paused and self._registry_read():
                         self._resume_collections("registry read")
-                elif self._paused:
-                    self._settle()  # nothing to decode meanwhile: let the batch in flight commit
-                    if time.monotonic() - self._paused_at > _BOOTSTRAP_IDLE_AFTER_S:
-                        self._resume_collections("registry idle")  # nothing more to read now
                 else:
-                    self._settle()
-                    idle += 1
-                    if (
-                        self._config.idle_exit_polls
-                        and idle >= self._config.idle_exit_polls
-                        and self._caught_up()
-                    ):
-                        break
+                    self._settle()  # nothing to decode meanwhile: let the batch in flight commit
+                    if self._paused:
+                        if time.monotonic() - self._paused_at > _BOOTSTRAP_IDLE_AFTER_S:
+                            self._resume_collections("registry idle")  # nothing more to read
+                    else:
+                        idle += 1
+                        if (
+                            self._config.idle_exit_polls
+                            and idle >= self._config.idle_exit_polls
+                            and self._caught_up()
+                        ):
+                            break
                 if time.monotonic() - last_purge > self._config.purge_every_s:
                     self._purge()
                     last_purge = time.monotonic()
@@ -218,8 +218,6 @@ class LocatorProcess:
         log.info("locator_stopped", consumed=self.totals.consumed, changes=self.totals.changes)
         return self.totals
 
-    # --- rebalancing: PostgreSQL holds the positions -----------------------------------------
-
     def _settle(self) -> None:
         """Wait for the batch in flight to commit (raising what its transaction raised)."""
         in_flight, self._in_flight = self._in_flight, None
@@ -234,6 +232,8 @@ class LocatorProcess:
                 )
             except KafkaException as problem:
                 log.warning("kafka_commit_skipped", error=str(problem))
+
+    # --- rebalancing: PostgreSQL holds the positions -----------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._settle()  # the store is free, and the batch consumed before commits first
