@@ -18,10 +18,11 @@ state directly, then produces only collections:
   spliced in (both fixed-length), checked against ``AvroCodec.encode`` on a sample of rows.
 * ``preload_registry``: COPY of every worker into ``members`` and ``workers`` of a migrated
   database, in chunks (bounded memory), as the locator stores a first registration
-  (``Locator._apply_registry``): ``members`` (member_ref, uan; history NULL), ``workers``
-  (registration, ``locating.profile_json``, ``locating.baselines_to_json(((None, baseline),))``,
-  current location = the baseline, no address request, no active change). Then VACUUM (ANALYZE)
-  and a CHECKPOINT, so that the timed run neither sets hint bits nor flushes the load.
+  (``Locator._apply_registry``): ``members`` (member_ref, uan, the worker's head; history
+  NULL), ``workers`` (registration, ``locating.profile_json``,
+  ``locating.baselines_to_json(((None, baseline),))``, current location = the baseline, no
+  address request, no active change). Then VACUUM (ANALYZE) and a CHECKPOINT, so that the
+  timed run neither sets hint bits nor flushes the load.
 * ``collection_messages``: ``events`` collections by ``ceil(events / months)`` workers spread
   over the population, one a month for ``months`` consecutive allocation months, month by month
   (each month in its own order). A share of them (``move_share``) is away from some month on for
@@ -89,7 +90,10 @@ SEASONAL_SHARE = 1 / 3  # of movers: away 2-3 months, then home (when the window
 CHUNK_ROWS = 10_000
 _VERIFY_EVERY = 99_991  # and the first 100 rows: spliced Avro == AvroCodec.encode
 
-MEMBERS_COPY = "COPY members (member_ref, uan) FROM STDIN (FORMAT BINARY)"
+MEMBERS_COPY = (
+    "COPY members (member_ref, uan, worker_state_lgd, worker_district_lgd, worker_rebaseline)"
+    " FROM STDIN (FORMAT BINARY)"
+)
 WORKERS_COPY = (
     "COPY workers (uan, member_ref, registration, profile, baselines, current_state_lgd,"
     " current_district_lgd) FROM STDIN (FORMAT BINARY)"
@@ -102,7 +106,8 @@ _SMALLINT_FIELD = struct.Struct("!ih")
 _INTEGER_FIELD = struct.Struct("!ii")
 _JSONB_VERSION = b"\x01"
 # A row's field count, then each field's length (uan: 12 bytes, member_ref: 22).
-_MEMBER_HEAD = struct.pack("!hi", 2, MEMBER_REF_LENGTH)
+_MEMBER_HEAD = struct.pack("!hi", 5, MEMBER_REF_LENGTH)
+_NULL_FIELD = _INT32.pack(-1)
 _UAN_HEAD = _INT32.pack(len(UAN_PREFIX) + UAN_DIGITS)
 _WORKER_HEAD = struct.pack("!hi", 7, len(UAN_PREFIX) + UAN_DIGITS)
 _MEMBER_REF_HEAD = _INT32.pack(MEMBER_REF_LENGTH)
@@ -146,6 +151,7 @@ class Profile:
     rest: bytes  # the Avro bytes after member_ref
     registration_length: bytes  # binary COPY: the registration field's length (int32)
     tail: bytes  # binary COPY of ``workers``: the fields after the registration
+    worker_head: bytes  # binary COPY of ``members``: the fields after the uan (migration 0004)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +269,10 @@ class SyntheticRegistry:
         elif (prefix, mid) != (self._prefix, self._mid):
             raise RuntimeError("preload: the registration's Avro framing is not constant")
         baseline = template.baseline
-        baselines = orjson.dumps(baselines_to_json(((None, baseline),)))
+        baselines = orjson.dumps(baselines_to_json(((None, baseline),)))  # no re-baseline
+        current = _SMALLINT_FIELD.pack(2, baseline.state_lgd) + _INTEGER_FIELD.pack(
+            4, baseline.district_lgd
+        )
         profile = profile_json(permanent, present, template.sms_reachable)
         length = len(prefix) + len(template.uan) + len(mid) + len(template.member_ref) + len(rest)
         return Profile(
@@ -282,10 +291,10 @@ class SyntheticRegistry:
                     _INT32.pack(len(baselines) + 1),
                     _JSONB_VERSION,
                     baselines,
-                    _SMALLINT_FIELD.pack(2, baseline.state_lgd),
-                    _INTEGER_FIELD.pack(4, baseline.district_lgd),
+                    current,
                 )
             ),
+            worker_head=current + _NULL_FIELD,
         )
 
     def _split(self, template: WorkerRegistration) -> tuple[bytes, bytes, bytes]:
@@ -317,6 +326,7 @@ class SyntheticRegistry:
                     f"MR{self.member_tag}{index:010x}".encode(),
                     _UAN_HEAD,
                     f"{UAN_PREFIX}{index:0{UAN_DIGITS}d}".encode(),
+                    self.profile_of(index).worker_head,
                 )
             yield b"".join(chunk)
 

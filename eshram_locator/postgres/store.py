@@ -41,7 +41,9 @@ class StoredWorker:
 
 @dataclass(slots=True)
 class WorkerHead:
-    """What adding collections reads of a worker row; ``workers()`` reads the whole row."""
+    """What adding collections reads of a worker row, kept on their member's row (migration
+    0004: the store's writes of ``workers`` write it there too); ``workers()`` reads the whole
+    row."""
 
     uan: str
     current_state_lgd: int
@@ -104,6 +106,20 @@ _HOT_WORKER_COLUMNS = _WORKER_COLUMNS.format(
 )
 _FULL_WORKER_COLUMNS = _WORKER_COLUMNS.format(registration="w.registration")
 
+
+# The worker head on the member row (migration 0004), written with the worker row it mirrors:
+# a statement writing ``workers`` returns the head (``WITH saved AS (... RETURNING ...)``) and
+# copies it to the member that names the worker.
+_HEAD_RETURNING = (
+    "w.uan, w.member_ref, w.current_state_lgd, w.current_district_lgd,"
+    " w.baselines -> -1 ->> 0 AS rebaseline"
+)
+_MIRROR_HEADS = (
+    "UPDATE members AS m SET worker_state_lgd = s.current_state_lgd,"
+    " worker_district_lgd = s.current_district_lgd, worker_rebaseline = s.rebaseline"
+    " FROM saved AS s WHERE m.member_ref = s.member_ref AND m.uan = s.uan"
+)
+_NO_HEAD = "worker_state_lgd = NULL, worker_district_lgd = NULL, worker_rebaseline = NULL"
 
 _UNIT_SEPARATOR = "\x1f"
 _RECORD_SEPARATOR = "\x1e"
@@ -222,24 +238,31 @@ class LocatorStore:
         lock: bool = False,
         histories: Mapping[str, MemberHistory] | None = None,
     ) -> dict[str, MemberRow]:
-        """The given members (sorted, optionally locked), each with its worker row if any.
+        """The given members (sorted, optionally locked), each with its worker's head if any.
 
         ``histories``: the members' histories as already read in this transaction; they are
         not read again (a history deleted since comes back empty)."""
         history = "m.history" if histories is None else "m.history IS NULL"
         query = (
-            f"SELECT m.member_ref, m.ctid::text, m.uan, m.deregistered_at, {history}, w.uan,"
-            " w.current_state_lgd, w.current_district_lgd, w.baselines -> -1 ->> 0"
-            " FROM members m LEFT JOIN workers w ON w.uan = m.uan"
+            f"SELECT m.member_ref, m.ctid::text, m.uan, m.deregistered_at, {history},"
+            " m.worker_state_lgd, m.worker_district_lgd, m.worker_rebaseline"
+            " FROM members m"
             " WHERE m.member_ref = ANY(string_to_array(%s, %s)) ORDER BY m.member_ref"
         )
         if lock:
             query += " FOR UPDATE OF m"
         found: dict[str, MemberRow] = {}
         read = MemberHistory.from_bytes
-        for ref, version, uan, deregistered_at, stored, *worker in self._conn.execute(
-            query.encode(), _pack(member_refs), binary=True
-        ).fetchall():
+        for (
+            ref,
+            version,
+            uan,
+            deregistered_at,
+            stored,
+            state,
+            district,
+            rebaseline,
+        ) in self._conn.execute(query.encode(), _pack(member_refs), binary=True).fetchall():
             if histories is None:
                 kept = read(stored) if stored else MemberHistory()
             else:
@@ -250,7 +273,9 @@ class LocatorStore:
                 uan,
                 deregistered_at,
                 kept,
-                WorkerHead(*worker) if worker[0] is not None else None,
+                None
+                if uan is None or state is None
+                else WorkerHead(uan, state, district, rebaseline),
             )
         return found
 
@@ -272,13 +297,14 @@ class LocatorStore:
             )
 
     def set_member_uans(self, assignments: Sequence[tuple[str, str | None]]) -> None:
-        """(member_ref, uan or None) for members whose registration changed in this batch."""
+        """(member_ref, uan or None) for members whose registration changed in this batch; a
+        uan's head comes with its worker row (``save_workers``)."""
         if not assignments:
             return
         self._conn.execute(
-            "UPDATE members AS m SET uan = a.uan "
-            "FROM unnest(%s::text[], %s::text[]) AS a(member_ref, uan) "
-            "WHERE m.member_ref = a.member_ref",
+            f"UPDATE members AS m SET uan = a.uan, {_NO_HEAD}"
+            " FROM unnest(%s::text[], %s::text[]) AS a(member_ref, uan)"
+            " WHERE m.member_ref = a.member_ref AND m.uan IS DISTINCT FROM a.uan",
             ([ref for ref, _ in assignments], [uan for _, uan in assignments]),
         )
 
@@ -298,21 +324,23 @@ class LocatorStore:
         return {row[0]: StoredWorker(*row) for row in rows}
 
     def save_workers(self, workers: Sequence[StoredWorker]) -> None:
-        """Registrations: insert or replace each worker row (one statement; uans distinct)."""
+        """Registrations: insert or replace each worker row (one statement; uans distinct),
+        and its head on the row of its member (who must already name the uan:
+        ``set_member_uans`` first)."""
         if not workers:
             return
         rs = _RECORD_SEPARATOR
         self._conn.execute(
-            "INSERT INTO workers (uan, member_ref, registration, profile, baselines,"
-            " current_state_lgd, current_district_lgd, last_address_request_at,"
+            "WITH saved AS (INSERT INTO workers AS w (uan, member_ref, registration, profile,"
+            " baselines, current_state_lgd, current_district_lgd, last_address_request_at,"
             " active_event_ids, updated_at)"
-            " SELECT w.uan, w.member_ref, w.registration, w.profile, w.baselines::jsonb,"
-            " w.state::smallint, w.district::int, nullif(substr(w.requested, 2), '')::timestamptz,"
-            " string_to_array(substr(w.active, 2), ' '), now()"
+            " SELECT r.uan, r.member_ref, r.registration, r.profile, r.baselines::jsonb,"
+            " r.state::smallint, r.district::int, nullif(substr(r.requested, 2), '')::timestamptz,"
+            " string_to_array(substr(r.active, 2), ' '), now()"
             " FROM unnest(string_to_array(%s, %s), string_to_array(%s, %s), %b::bytea[],"
             " %b::bytea[], string_to_array(%s, %s), string_to_array(%s, ','),"
             " string_to_array(%s, ','), string_to_array(%s, %s), string_to_array(%s, %s))"
-            " AS w(uan, member_ref, registration, profile, baselines, state, district,"
+            " AS r(uan, member_ref, registration, profile, baselines, state, district,"
             " requested, active)"
             " ON CONFLICT (uan) DO UPDATE SET member_ref = EXCLUDED.member_ref,"
             " registration = EXCLUDED.registration,"
@@ -322,7 +350,8 @@ class LocatorStore:
             " current_district_lgd = EXCLUDED.current_district_lgd,"
             " last_address_request_at = EXCLUDED.last_address_request_at,"
             " active_event_ids = EXCLUDED.active_event_ids,"
-            " updated_at = now()",
+            " updated_at = now()"
+            f" RETURNING {_HEAD_RETURNING}) {_MIRROR_HEADS}",
             (
                 *_pack([w.uan for w in workers]),
                 *_pack([w.member_ref for w in workers]),
@@ -340,11 +369,12 @@ class LocatorStore:
 
     def update_derived(self, workers: Sequence[StoredWorker]) -> None:
         """Recomputed workers whose derived state changed: one UPDATE for all of them (every
-        column packed into one text parameter: see ``_pack``)."""
+        column packed into one text parameter: see ``_pack``), and one of their members'
+        heads where the current district changed."""
         if not workers:
             return
         self._conn.execute(
-            "UPDATE workers AS w SET current_state_lgd = u.state::smallint,"
+            "WITH saved AS (UPDATE workers AS w SET current_state_lgd = u.state::smallint,"
             " current_district_lgd = u.district::int,"
             " last_address_request_at = nullif(substr(u.requested, 2), '')::timestamptz,"
             " active_event_ids = string_to_array(substr(u.active, 2), ' '),"
@@ -353,7 +383,9 @@ class LocatorStore:
             " FROM unnest(string_to_array(%s, %s), string_to_array(%s, ','),"
             " string_to_array(%s, ','), string_to_array(%s, %s), string_to_array(%s, %s),"
             " string_to_array(%s, %s)) AS u(uan, state, district, requested, active, profile)"
-            " WHERE w.uan = u.uan",
+            f" WHERE w.uan = u.uan RETURNING {_HEAD_RETURNING}) {_MIRROR_HEADS}"
+            " AND (m.worker_state_lgd, m.worker_district_lgd)"
+            " IS DISTINCT FROM (s.current_state_lgd, s.current_district_lgd)",
             (
                 *_pack([w.uan for w in workers]),
                 ",".join(str(w.current_state_lgd) for w in workers),
@@ -374,7 +406,7 @@ class LocatorStore:
         self._conn.execute("DELETE FROM location_changes WHERE uan = ANY(%s)", (uans,))
         self._conn.execute("DELETE FROM workers WHERE uan = ANY(%s)", (uans,))
         self._conn.execute(
-            "UPDATE members AS m SET uan = NULL, history = NULL,"
+            f"UPDATE members AS m SET uan = NULL, history = NULL, {_NO_HEAD},"
             " deregistered_at = GREATEST(m.deregistered_at, d.at)"
             " FROM unnest(%s::text[], %s::timestamptz[]) AS d(member_ref, at)"
             " WHERE m.member_ref = d.member_ref",

@@ -37,6 +37,20 @@ COUNT_OBSERVATIONS = (
 )
 
 
+#: Members whose worker head (migration 0004) is not their worker row's: always none. A member
+#: without a worker row (uan NULL, or for a moment none written yet) has no head.
+ASTRAY_WORKER_HEADS = (
+    "SELECT m.member_ref FROM members m LEFT JOIN workers w ON w.uan = m.uan"
+    " WHERE (m.worker_state_lgd, m.worker_district_lgd, m.worker_rebaseline) IS DISTINCT FROM"
+    " (w.current_state_lgd, w.current_district_lgd, w.baselines -> -1 ->> 0)"
+)
+
+
+def worker_heads_astray(dsn: str) -> list[str]:
+    with psycopg.connect(dsn) as conn:
+        return [str(ref) for (ref,) in conn.execute(ASTRAY_WORKER_HEADS)]
+
+
 def committed(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
         row = conn.execute("SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets").fetchone()
@@ -61,7 +75,9 @@ def unsettled(*dsns: str) -> set[str]:
 
 
 def final_state(dsn: str, unsettled: set[str] | frozenset[str] = frozenset()) -> dict[str, object]:
-    """What a run leaves in PostgreSQL; for ``unsettled`` workers, without the rule 9 cooldown."""
+    """What a run leaves in PostgreSQL; for ``unsettled`` workers, without the rule 9 cooldown.
+    Checks on the way that every member's worker head is their worker row's."""
+    assert worker_heads_astray(dsn) == []
     with psycopg.connect(dsn) as conn:
         return {
             "workers": sorted(

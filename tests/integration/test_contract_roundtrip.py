@@ -56,10 +56,17 @@ from eshram_locator.kafka import clients
 from eshram_locator.kafka.publish import publish_schemas
 from eshram_locator.kafka.topics import COMPACT, provision_topics, topic_specs
 from eshram_locator.postgres.migrate import apply_migrations
-from eshram_locator.postgres.store import LocatorStore, OutboxRow, StoredWorker, observation_key
+from eshram_locator.postgres.store import (
+    LocatorStore,
+    OutboxRow,
+    StoredWorker,
+    WorkerHead,
+    observation_key,
+)
 from eshram_locator.records import FROM_AVRO, to_avro
 from eshram_locator.settings import Settings
 from eshram_locator.topics import TopicNames
+from tests.integration.locator_support import worker_heads_astray
 from tests.unit.test_avro_codec import _FakeRegistry
 from tests.unit.test_history_merge import add_collection
 
@@ -434,7 +441,7 @@ def test_a_history_written_over_a_row_changed_since_it_was_read_is_refused(
         store.lock_members(["adv:stale"])
     with store.unit_of_work():
         rows = store.lock_members(["adv:stale"])
-        store.set_member_uans([("adv:stale", None)])  # a new row version
+        store.set_member_uans([("adv:stale", "100000000099")])  # a new row version
         add_collection(rows["adv:stale"].history, COLLECTION)
         with pytest.raises(StaleMemberRowError):
             store.save_histories(list(rows.values()))
@@ -490,7 +497,7 @@ def test_migrations_0002_and_0003_fold_stored_observations_into_the_same_histori
                     where.pincode,
                 ),
             )
-    assert apply_migrations(fresh_database) == [2, 3]
+    assert apply_migrations(fresh_database)[:2] == [2, 3]
     store = LocatorStore.connect(fresh_database)
     try:
         with store.unit_of_work():
@@ -500,6 +507,90 @@ def test_migrations_0002_and_0003_fold_stored_observations_into_the_same_histori
     for ref in (MEMBER_REF, "adv:other"):
         expected = history_of(_observation(c) for c in collections if c.member_ref == ref)
         assert found[ref].history == expected
+
+
+def test_migration_0004_puts_each_registered_members_worker_head_on_their_row(
+    fresh_database: str,
+) -> None:
+    apply_migrations(fresh_database, up_to=3)
+    rebaselined = '[[null, {"state_lgd": 9, "district_lgd": 164}], ["2024-06", {}]]'
+    with psycopg.connect(fresh_database) as conn:
+        conn.execute(
+            "INSERT INTO members (member_ref, uan) VALUES"
+            " ('MR-A', '100000000001'), ('MR-B', '100000000002'), ('MR-C', NULL),"
+            " ('MR-D', '100000000004')"  # named, no worker row (inside a registry batch)
+        )
+        conn.execute(
+            "INSERT INTO workers (uan, member_ref, registration, baselines, current_state_lgd,"
+            " current_district_lgd) VALUES"
+            " ('100000000001', 'MR-A', '', '[[null, {}]]', 9, 164),"
+            " ('100000000002', 'MR-B', '', %s, 27, 519),"
+            " ('100000000003', 'MR-C', '', '[[null, {}]]', 10, 200)",  # MR-C: deregistered
+            (rebaselined,),
+        )
+    apply_migrations(fresh_database)
+    with psycopg.connect(fresh_database) as conn:
+        heads = conn.execute(
+            "SELECT member_ref, worker_state_lgd, worker_district_lgd, worker_rebaseline"
+            " FROM members ORDER BY member_ref"
+        ).fetchall()
+    assert heads == [
+        ("MR-A", 9, 164, None),
+        ("MR-B", 27, 519, "2024-06"),
+        ("MR-C", None, None, None),
+        ("MR-D", None, None, None),
+    ]
+
+
+def _stored_worker(uan: str, member_ref: str, baselines: list[list[Any]]) -> StoredWorker:
+    return StoredWorker(
+        uan=uan,
+        member_ref=member_ref,
+        registration=b"\xc3\x01avro",
+        profile=b'{"p":[9,164,null,null,null],"r":null,"s":true}',
+        baselines=baselines,
+        current_state_lgd=9,
+        current_district_lgd=164,
+        last_address_request_at=None,
+        active_event_ids=[],
+    )
+
+
+def test_every_write_of_a_worker_row_keeps_its_members_head(
+    store: LocatorStore, fresh_database: str
+) -> None:
+    """The member row's worker head (migration 0004) follows the worker row through a
+    registration, a derived change, a registration naming another member, a deregistration."""
+
+    def heads() -> dict[str, Any]:
+        with store.unit_of_work():
+            rows = store.members(["MR-H1", "MR-H2"])
+        return {ref: row.worker for ref, row in rows.items()}
+
+    home = [[None, {"state_lgd": 9, "district_lgd": 164}]]
+    worker = _stored_worker("100000000071", "MR-H1", home)
+    with store.unit_of_work():
+        store.lock_members(["MR-H1", "MR-H2"])
+        store.set_member_uans([("MR-H1", worker.uan)])
+        assert heads()["MR-H1"] is None  # named, the worker row not written yet
+        store.save_workers([worker])
+    assert heads() == {"MR-H1": WorkerHead(worker.uan, 9, 164, None), "MR-H2": None}
+
+    moved = replace(worker, current_state_lgd=27, current_district_lgd=519)
+    with store.unit_of_work():
+        store.update_derived([moved])
+    assert heads()["MR-H1"] == WorkerHead(worker.uan, 27, 519, None)
+
+    rebaselined = replace(moved, member_ref="MR-H2", baselines=[*home, ["2024-06", {}]])
+    with store.unit_of_work():
+        store.set_member_uans([("MR-H1", None), ("MR-H2", worker.uan)])
+        store.save_workers([rebaselined])
+    assert heads() == {"MR-H1": None, "MR-H2": WorkerHead(worker.uan, 27, 519, "2024-06")}
+
+    with store.unit_of_work():
+        store.delete_workers([(worker.uan, "MR-H2", datetime(2025, 1, 1, tzinfo=UTC))])
+    assert heads() == {"MR-H1": None, "MR-H2": None}
+    assert worker_heads_astray(fresh_database) == []  # no head left without its worker
 
 
 @pytest.mark.parametrize("count", [1, 3])

@@ -27,7 +27,7 @@ from eshram_locator.records import (
     worker_registration_to_avro,
 )
 from tests.integration.conftest import Pipeline
-from tests.integration.locator_support import COUNT_OBSERVATIONS
+from tests.integration.locator_support import COUNT_OBSERVATIONS, worker_heads_astray
 
 pytestmark = pytest.mark.integration
 
@@ -128,6 +128,12 @@ def test_a_two_month_stay_moves_the_worker_once(pipeline: Pipeline) -> None:
             "SELECT current_state_lgd, current_district_lgd FROM workers WHERE uan = %s", (UAN,)
         ).fetchone()
         assert row == (27, 2701)
+        head = conn.execute(
+            "SELECT worker_state_lgd, worker_district_lgd, worker_rebaseline FROM members"
+            " WHERE member_ref = %s",
+            (MEMBER,),
+        ).fetchone()
+        assert head == (27, 2701, None)  # the member row's mirror of the worker (0004)
         assert conn.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
 
 
@@ -273,3 +279,4 @@ def test_members_end_with_the_uan_the_registry_path_decides(pipeline: Pipeline) 
         workers = dict(conn.execute("SELECT uan, member_ref FROM workers").fetchall())
     assert uans == {MEMBER: UAN, "MR-STALE": None, "MR-0002": "100000000002", "MR-0003": None}
     assert workers == {UAN: MEMBER, "100000000002": "MR-0002"}
+    assert worker_heads_astray(pipeline.endpoints.postgres_dsn) == []

@@ -27,7 +27,7 @@ from eshram_locator.simulator.population import simulate
 from eshram_locator.topics import COLLECTIONS
 from tests.fuzz_inputs import fuzz_message
 from tests.integration.conftest import Pipeline
-from tests.integration.locator_support import committed, locator_command
+from tests.integration.locator_support import committed, locator_command, worker_heads_astray
 
 pytestmark = pytest.mark.integration
 
@@ -97,6 +97,7 @@ def test_hostile_input_is_dead_lettered_and_the_locator_neither_crashes_nor_stal
     # processed: every accepted collection is counted in its member's history (rule 8's digests)
     assert counted == {transaction_digest(observation_key(s, t)) for s, t in stored}
     assert outbox == (0,)
+    assert worker_heads_astray(pipeline.endpoints.postgres_dsn) == []
 
 
 def _produce(pipeline: Pipeline, messages: list[RawMessage]) -> None:
