@@ -156,12 +156,34 @@ def _timestamp_text(instant: datetime | None) -> str:
 # (about twice the time of the index scans the generic plan uses, measured); the unnest of a
 # batch's histories (~6 MB) and that sort spill to temporary files with the default 4 MB
 # work_mem.
-_SESSION_OPTIONS = "-c plan_cache_mode=force_generic_plan -c work_mem=64MB"
+# Every statement finds its rows by key (an index, or the row version), and each is prepared
+# and planned once, at its first run: on a new database, when the tables are empty. A plan made
+# then reads `members` sequentially and compares every row with every key of the batch's
+# array, one by one, which grows with the table times the batch (27 s for one batch at 50,000
+# members, seen in the bench), and it stays until autovacuum analyzes the table. So no
+# sequential scan where an index can answer, and no bitmap scan either (it would then read
+# the rows in page order and sort them again): the plans a loaded database gets.
+SESSION_OPTIONS = (
+    "-c plan_cache_mode=force_generic_plan -c work_mem=64MB"
+    " -c enable_seqscan=off -c enable_bitmapscan=off"
+)
 
 
 def observation_key(source: str, transaction_id: str) -> str:
     """The idempotency key of rule 8: transaction ids are unique per PDS, not nationally."""
     return f"{source}/{transaction_id}"
+
+
+def members_query(*, history: bool, lock: bool) -> str:
+    """``LocatorStore.members``'s statement (its parameters: ``_pack(member_refs)``)."""
+    query = (
+        "SELECT m.member_ref, m.ctid::text, m.uan, m.deregistered_at,"
+        f" {'m.history' if history else 'm.history IS NULL'},"
+        " m.worker_state_lgd, m.worker_district_lgd, m.worker_rebaseline"
+        " FROM members m"
+        " WHERE m.member_ref = ANY(string_to_array(%s, %s)) ORDER BY m.member_ref"
+    )
+    return query + " FOR UPDATE OF m" if lock else query
 
 
 class LocatorStore:
@@ -173,9 +195,9 @@ class LocatorStore:
 
     @classmethod
     def connect(cls, conninfo: str) -> LocatorStore:
-        conn = psycopg.connect(conninfo, autocommit=False, options=_SESSION_OPTIONS)
+        conn = psycopg.connect(conninfo, autocommit=False, options=SESSION_OPTIONS)
         # Every statement runs many times with the same shape: prepare it at once (psycopg's
-        # default waits for the 5th run), and plan it once (see _SESSION_OPTIONS).
+        # default waits for the 5th run), and plan it once (see SESSION_OPTIONS).
         conn.prepare_threshold = 0
         return cls(conn)
 
@@ -242,15 +264,7 @@ class LocatorStore:
 
         ``histories``: the members' histories as already read in this transaction; they are
         not read again (a history deleted since comes back empty)."""
-        history = "m.history" if histories is None else "m.history IS NULL"
-        query = (
-            f"SELECT m.member_ref, m.ctid::text, m.uan, m.deregistered_at, {history},"
-            " m.worker_state_lgd, m.worker_district_lgd, m.worker_rebaseline"
-            " FROM members m"
-            " WHERE m.member_ref = ANY(string_to_array(%s, %s)) ORDER BY m.member_ref"
-        )
-        if lock:
-            query += " FOR UPDATE OF m"
+        query = members_query(history=histories is None, lock=lock)
         found: dict[str, MemberRow] = {}
         read = MemberHistory.from_bytes
         for (
