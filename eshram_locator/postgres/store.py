@@ -156,6 +156,7 @@ def _timestamp_text(instant: datetime | None) -> str:
 # (about twice the time of the index scans the generic plan uses, measured); the unnest of a
 # batch's histories (~6 MB) and that sort spill to temporary files with the default 4 MB
 # work_mem.
+#
 # Every statement finds its rows by key (an index, or the row version), and each is prepared
 # and planned once, at its first run: on a new database, when the tables are empty. A plan made
 # then reads `members` sequentially and compares every row with every key of the batch's
@@ -267,16 +268,8 @@ class LocatorStore:
         query = members_query(history=histories is None, lock=lock)
         found: dict[str, MemberRow] = {}
         read = MemberHistory.from_bytes
-        for (
-            ref,
-            version,
-            uan,
-            deregistered_at,
-            stored,
-            state,
-            district,
-            rebaseline,
-        ) in self._conn.execute(query.encode(), _pack(member_refs), binary=True).fetchall():
+        rows = self._conn.execute(query.encode(), _pack(member_refs), binary=True).fetchall()
+        for ref, version, uan, deregistered_at, stored, *head in rows:
             if histories is None:
                 kept = read(stored) if stored else MemberHistory()
             else:
@@ -287,9 +280,8 @@ class LocatorStore:
                 uan,
                 deregistered_at,
                 kept,
-                None
-                if uan is None or state is None
-                else WorkerHead(uan, state, district, rebaseline),
+                # no head: unregistered, or named by a registration not yet written (0004)
+                None if uan is None or head[0] is None else WorkerHead(uan, *head),
             )
         return found
 
