@@ -109,7 +109,8 @@ _FULL_WORKER_COLUMNS = _WORKER_COLUMNS.format(registration="w.registration")
 
 # The worker head on the member row (migration 0004), written with the worker row it mirrors:
 # a statement writing ``workers`` returns the head (``WITH saved AS (... RETURNING ...)``) and
-# copies it to the member that names the worker.
+# copies it to the member that names the worker, where it differs (no new row version for
+# nothing).
 _HEAD_RETURNING = (
     "w.uan, w.member_ref, w.current_state_lgd, w.current_district_lgd,"
     " w.baselines -> -1 ->> 0 AS rebaseline"
@@ -118,6 +119,8 @@ _MIRROR_HEADS = (
     "UPDATE members AS m SET worker_state_lgd = s.current_state_lgd,"
     " worker_district_lgd = s.current_district_lgd, worker_rebaseline = s.rebaseline"
     " FROM saved AS s WHERE m.member_ref = s.member_ref AND m.uan = s.uan"
+    " AND (m.worker_state_lgd, m.worker_district_lgd, m.worker_rebaseline)"
+    " IS DISTINCT FROM (s.current_state_lgd, s.current_district_lgd, s.rebaseline)"
 )
 _NO_HEAD = "worker_state_lgd = NULL, worker_district_lgd = NULL, worker_rebaseline = NULL"
 
@@ -376,7 +379,7 @@ class LocatorStore:
     def update_derived(self, workers: Sequence[StoredWorker]) -> None:
         """Recomputed workers whose derived state changed: one UPDATE for all of them (every
         column packed into one text parameter: see ``_pack``), and one of their members'
-        heads where the current district changed."""
+        heads."""
         if not workers:
             return
         self._conn.execute(
@@ -389,9 +392,7 @@ class LocatorStore:
             " FROM unnest(string_to_array(%s, %s), string_to_array(%s, ','),"
             " string_to_array(%s, ','), string_to_array(%s, %s), string_to_array(%s, %s),"
             " string_to_array(%s, %s)) AS u(uan, state, district, requested, active, profile)"
-            f" WHERE w.uan = u.uan RETURNING {_HEAD_RETURNING}) {_MIRROR_HEADS}"
-            " AND (m.worker_state_lgd, m.worker_district_lgd)"
-            " IS DISTINCT FROM (s.current_state_lgd, s.current_district_lgd)",
+            f" WHERE w.uan = u.uan RETURNING {_HEAD_RETURNING}) {_MIRROR_HEADS}",
             (
                 *_pack([w.uan for w in workers]),
                 ",".join(str(w.current_state_lgd) for w in workers),

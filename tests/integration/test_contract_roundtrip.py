@@ -577,6 +577,10 @@ def test_every_write_of_a_worker_row_keeps_its_members_head(
         assert heads()["MR-H1"] is None  # named, the worker row not written yet
         store.save_workers([worker])
     assert heads() == {"MR-H1": WorkerHead(worker.uan, 9, 164, None), "MR-H2": None}
+    with store.unit_of_work():
+        version = store.members(["MR-H1"])["MR-H1"].version
+        store.save_workers([worker])  # the same registration again: the head is unchanged
+        assert store.members(["MR-H1"])["MR-H1"].version == version  # no new row version
 
     moved = replace(worker, current_state_lgd=27, current_district_lgd=519)
     with store.unit_of_work():
