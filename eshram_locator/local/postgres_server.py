@@ -62,7 +62,8 @@ def shared_buffers_mb(memory_bytes: int) -> int:
     return min(4096, max(128, memory_bytes // 4 // (1 << 20)))
 
 
-def _memory_bytes() -> int:
+def machine_memory_bytes() -> int:
+    """This machine's physical memory."""
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
@@ -288,7 +289,7 @@ class LocalPostgres:
             _CONF_TEMPLATE.format(
                 port=self.port,
                 socket_dir=self.data_dir,
-                shared_buffers_mb=shared_buffers_mb(_memory_bytes()),
+                shared_buffers_mb=shared_buffers_mb(machine_memory_bytes()),
             )
         )
         self._give_to_server_user(path)

@@ -228,7 +228,7 @@ class LocatorStore:
         self, member_refs: Iterable[str], uans: Mapping[str, str] | None = None
     ) -> dict[str, MemberRow]:
         """Lock every given member row (inserting unseen members) and return each with its
-        history and, when registered, its worker row. Rows are locked in sorted order, the
+        history and, when registered, its worker's head. Rows are locked in sorted order, the
         existing ones first (a deadlock with another process is retried by the caller).
 
         ``uans``: the uan an unseen member is inserted with (the registration of this batch

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 import uuid
@@ -23,7 +22,11 @@ from eshram_locator.kafka.topics import (
     provision_topics,
 )
 from eshram_locator.local.kafka_server import LocalKafka
-from eshram_locator.local.postgres_server import LocalPostgres, shared_buffers_mb
+from eshram_locator.local.postgres_server import (
+    LocalPostgres,
+    machine_memory_bytes,
+    shared_buffers_mb,
+)
 from eshram_locator.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -86,8 +89,7 @@ def test_the_local_server_sizes_its_buffer_cache_to_the_machine(
         row = conn.execute(
             "SELECT setting::bigint * 8192 / 1048576 FROM pg_settings WHERE name = 'shared_buffers'"
         ).fetchone()
-    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    assert row == (shared_buffers_mb(memory),)
+    assert row == (shared_buffers_mb(machine_memory_bytes()),)
 
 
 def test_kafka_on_a_taken_port_names_the_setting(
