@@ -63,11 +63,9 @@ _T = TypeVar("_T")
 _BOOTSTRAP_IDLE_AFTER_S = 2.0
 _GC_THRESHOLDS = (100_000, 20, 20)
 
-_RETRIABLE_DB = (
-    psycopg.OperationalError,
-    psycopg.errors.DeadlockDetected,
-    psycopg.errors.SerializationFailure,
-)
+# PostgreSQL rolled the transaction back so that another could go on: redone at once.
+_CONFLICTS = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+_RETRIABLE_DB = (psycopg.OperationalError, *_CONFLICTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,12 +452,20 @@ class LocatorProcess:
                     self._store = LocatorStore.connect(self._conninfo)
                 return work(self._store)
             except _RETRIABLE_DB as problem:
-                log.warning("database_retry", error=type(problem).__name__, delay_s=delay)
-                # A fresh session for the redo: the failed transaction rolled back, and with it
-                # anything the session had set up in it (the store's temporary staging table).
+                # A deadlock or a serialization failure (_CONFLICTS) is redone at once: waiting
+                # would only idle the process, and the redo waits for the other transaction's
+                # locks anyway. The server or the connection away: retried with backoff.
+                conflict = isinstance(problem, _CONFLICTS)
+                log.warning(
+                    "database_retry", error=type(problem).__name__, delay_s=0 if conflict else delay
+                )
+                # A fresh session for the redo (the failed transaction rolled back; the session
+                # may be broken).
                 if self._store is not None:
                     self._store.close()
                     self._store = None
+                if conflict:
+                    continue
                 if self._stop.wait(delay):
                     raise RetriableError("stopped while waiting for the database") from problem
                 delay = min(delay * 2, 5.0)

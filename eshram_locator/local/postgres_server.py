@@ -43,6 +43,10 @@ max_connections = 100
 shared_buffers = {shared_buffers_mb}MB
 max_wal_size = 4GB
 checkpoint_timeout = 15min
+# Two locators wait for each other's row locks at times (a registration locks a member whose
+# collections the other process reads); PostgreSQL looks for a deadlock only after this long,
+# and both processes idle until then (1s by default: a second of the machine per deadlock).
+deadlock_timeout = 100ms
 fsync = on
 synchronous_commit = on
 full_page_writes = on

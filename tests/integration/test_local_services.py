@@ -92,6 +92,16 @@ def test_the_local_server_sizes_its_buffer_cache_to_the_machine(
     assert row == (shared_buffers_mb(machine_memory_bytes()),)
 
 
+def test_the_local_server_looks_for_deadlocks_soon(
+    settings: Settings, endpoints: bootstrap.Endpoints
+) -> None:
+    """Two locators' batches can deadlock; both wait until PostgreSQL looks (1 s by default)."""
+    if not settings.uses_local_postgres:
+        pytest.skip("an external database is configured")
+    with psycopg.connect(endpoints.postgres_dsn) as conn:
+        assert conn.execute("SHOW deadlock_timeout").fetchone() == ("100ms",)
+
+
 def test_kafka_on_a_taken_port_names_the_setting(
     settings: Settings, taken_port: int, tmp_path: Path
 ) -> None:
