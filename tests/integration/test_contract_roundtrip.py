@@ -599,6 +599,25 @@ def test_every_write_of_a_worker_row_keeps_its_members_head(
     assert worker_heads_astray(fresh_database) == []  # no head left without its worker
 
 
+def test_a_workers_derived_district_is_updated_in_place(fresh_database: str) -> None:
+    """No index covers a worker's derived columns (migration 0005): a move updates the row
+    on its page (a HOT update), without new index entries."""
+    apply_migrations(fresh_database)
+    worker = _stored_worker("100000000091", "MR-HOT", [[None, {"state_lgd": 9}]])
+    with psycopg.connect(fresh_database, autocommit=False) as conn:
+        store = LocatorStore(conn)
+        with store.unit_of_work():
+            store.lock_members([worker.member_ref], {worker.member_ref: worker.uan})
+            store.save_workers([worker])
+        with store.unit_of_work():
+            store.update_derived([replace(worker, current_state_lgd=27, current_district_lgd=519)])
+            updated = conn.execute(
+                "SELECT pg_stat_get_xact_tuples_updated('workers'::regclass),"
+                " pg_stat_get_xact_tuples_hot_updated('workers'::regclass)"
+            ).fetchone()
+    assert updated == (1, 1)
+
+
 def test_every_statement_planned_on_an_empty_database_finds_rows_by_key(
     fresh_database: str,
 ) -> None:
