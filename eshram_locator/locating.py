@@ -112,10 +112,8 @@ class Locator:
             registry_refs.update(named)
         members = store.lock_members(collections.keys() | registry_refs, named)
 
+        # Brings the rows it writes up to date (version, uan, worker's head, history deleted).
         affected, fresh = self._apply_registry(store, registry, outcome, members)
-        if registry_refs:  # their uan and worker rows may have changed: read them again
-            read = {ref: members[ref].history for ref in registry_refs}
-            members.update(store.members(sorted(registry_refs), histories=read))
 
         changed, moved = self._add_collections(members, collections, outcome)
         store.save_histories([members[ref] for ref in sorted(changed)])
@@ -273,10 +271,11 @@ class Locator:
                 (ref, uan)
                 for ref, uan in member_assignments.items()
                 if ref not in members or members[ref].uan != uan
-            ]
+            ],
+            members,
         )
-        store.delete_workers([d for d in deletions if d[0] not in saved])
-        store.save_workers(list(saved.values()))
+        store.delete_workers([d for d in deletions if d[0] not in saved], members)
+        store.save_workers(list(saved.values()), members)
         return affected, fresh
 
     # --- rules 1-9, 12: recompute the affected workers ----------------------------------------

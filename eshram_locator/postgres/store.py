@@ -123,6 +123,32 @@ _MIRROR_HEADS = (
     " IS DISTINCT FROM (s.current_state_lgd, s.current_district_lgd, s.rebaseline)"
 )
 _NO_HEAD = "worker_state_lgd = NULL, worker_district_lgd = NULL, worker_rebaseline = NULL"
+#: A member row as ``MemberRow`` holds it, the history as whether it is gone (NULL).
+_MEMBER_STATE = (
+    "m.member_ref, m.ctid::text, m.uan, m.deregistered_at, {history},"
+    " m.worker_state_lgd, m.worker_district_lgd, m.worker_rebaseline"
+)
+_RETURNING_STATE = " RETURNING " + _MEMBER_STATE.format(history="m.history IS NULL")
+
+
+def _head(uan: str | None, head: Sequence[Any]) -> WorkerHead | None:
+    # no head: unregistered, or named by a registration not yet written (0004)
+    return None if uan is None or head[0] is None else WorkerHead(uan, *head)
+
+
+def _refresh(rows: Mapping[str, MemberRow], written: Iterable[Sequence[Any]]) -> None:
+    """Bring the rows read in this transaction up to date with a statement that wrote some
+    of them (its ``_RETURNING_STATE``): their new version, uan, worker's head, and an empty
+    history where it was deleted."""
+    for ref, version, uan, deregistered_at, history_gone, *head in written:
+        row = rows.get(ref)
+        if row is None:
+            continue
+        row.version, row.uan, row.deregistered_at = version, uan, deregistered_at
+        row.worker = _head(uan, head)
+        if history_gone:
+            row.history = MemberHistory()
+
 
 _UNIT_SEPARATOR = "\x1f"
 _RECORD_SEPARATOR = "\x1e"
@@ -178,13 +204,10 @@ def observation_key(source: str, transaction_id: str) -> str:
     return f"{source}/{transaction_id}"
 
 
-def members_query(*, history: bool, lock: bool) -> str:
+def _members_query(*, lock: bool) -> str:
     """``LocatorStore.members``'s statement (its parameters: ``_pack(member_refs)``)."""
     query = (
-        "SELECT m.member_ref, m.ctid::text, m.uan, m.deregistered_at,"
-        f" {'m.history' if history else 'm.history IS NULL'},"
-        " m.worker_state_lgd, m.worker_district_lgd, m.worker_rebaseline"
-        " FROM members m"
+        f"SELECT {_MEMBER_STATE.format(history='m.history')} FROM members m"
         " WHERE m.member_ref = ANY(string_to_array(%s, %s)) ORDER BY m.member_ref"
     )
     return query + " FOR UPDATE OF m" if lock else query
@@ -242,50 +265,32 @@ class LocatorStore:
         if len(found) < len(refs):
             unseen = [ref for ref in refs if ref not in found]
             given = uans or {}
-            created = {
-                ref
-                for (ref,) in self._conn.execute(
-                    "INSERT INTO members (member_ref, uan)"
-                    " SELECT * FROM unnest(string_to_array(%s, %s), %s::text[])"
-                    " ON CONFLICT DO NOTHING RETURNING member_ref",
-                    (*_pack(unseen), [given.get(ref) for ref in unseen]),
+            # A row this transaction inserts is its own until it commits: nothing to lock, and
+            # nothing to read but where it is (no history, no worker's head yet).
+            for ref, version in self._conn.execute(
+                "INSERT INTO members (member_ref, uan)"
+                " SELECT * FROM unnest(string_to_array(%s, %s), %s::text[])"
+                " ON CONFLICT DO NOTHING RETURNING member_ref, ctid::text",
+                (*_pack(unseen), [given.get(ref) for ref in unseen]),
+            ):
+                found[ref] = MemberRow(
+                    ref, version, given.get(ref), None, MemberHistory(), None, created=True
                 )
-            }
-            inserted = self.members(unseen, lock=True)
-            for ref in created:
-                inserted[ref].created = True
-            found.update(inserted)
+            raced = [ref for ref in unseen if ref not in found]
+            if raced:  # inserted by another transaction since the locked read: locked now
+                found.update(self.members(raced, lock=True))
         return found
 
-    def members(
-        self,
-        member_refs: Sequence[str],
-        *,
-        lock: bool = False,
-        histories: Mapping[str, MemberHistory] | None = None,
-    ) -> dict[str, MemberRow]:
-        """The given members (sorted, optionally locked), each with its worker's head if any.
-
-        ``histories``: the members' histories as already read in this transaction; they are
-        not read again (a history deleted since comes back empty)."""
-        query = members_query(history=histories is None, lock=lock)
+    def members(self, member_refs: Sequence[str], *, lock: bool = False) -> dict[str, MemberRow]:
+        """The given members (sorted, optionally locked), each with its worker's head if any."""
         found: dict[str, MemberRow] = {}
         read = MemberHistory.from_bytes
-        rows = self._conn.execute(query.encode(), _pack(member_refs), binary=True).fetchall()
+        rows = self._conn.execute(
+            _members_query(lock=lock).encode(), _pack(member_refs), binary=True
+        ).fetchall()
         for ref, version, uan, deregistered_at, stored, *head in rows:
-            if histories is None:
-                kept = read(stored) if stored else MemberHistory()
-            else:
-                kept = MemberHistory() if stored else histories[ref]
-            found[ref] = MemberRow(
-                ref,
-                version,
-                uan,
-                deregistered_at,
-                kept,
-                # no head: unregistered, or named by a registration not yet written (0004)
-                None if uan is None or head[0] is None else WorkerHead(uan, *head),
-            )
+            history = read(stored) if stored else MemberHistory()
+            found[ref] = MemberRow(ref, version, uan, deregistered_at, history, _head(uan, head))
         return found
 
     def save_histories(self, members: Sequence[MemberRow]) -> None:
@@ -305,17 +310,22 @@ class LocatorStore:
                 f"{len(members) - updated} of {len(members)} member rows changed since read"
             )
 
-    def set_member_uans(self, assignments: Sequence[tuple[str, str | None]]) -> None:
+    def set_member_uans(
+        self, assignments: Sequence[tuple[str, str | None]], rows: Mapping[str, MemberRow] = {}
+    ) -> None:
         """(member_ref, uan or None) for members whose registration changed in this batch; a
-        uan's head comes with its worker row (``save_workers``)."""
+        uan's head comes with its worker row (``save_workers``). ``rows``: members read in
+        this transaction, brought up to date with what it writes."""
         if not assignments:
             return
-        self._conn.execute(
+        written = self._conn.execute(
             f"UPDATE members AS m SET uan = a.uan, {_NO_HEAD}"
             " FROM unnest(%s::text[], %s::text[]) AS a(member_ref, uan)"
-            " WHERE m.member_ref = a.member_ref AND m.uan IS DISTINCT FROM a.uan",
+            " WHERE m.member_ref = a.member_ref AND m.uan IS DISTINCT FROM a.uan"
+            + _RETURNING_STATE,
             ([ref for ref, _ in assignments], [uan for _, uan in assignments]),
         )
+        _refresh(rows, written)
 
     def workers(
         self, uans: Iterable[str], *, lock: bool, registration: bool = True
@@ -332,14 +342,16 @@ class LocatorStore:
         rows = self._conn.execute(query.encode(), (keys,), binary=True)
         return {row[0]: StoredWorker(*row) for row in rows}
 
-    def save_workers(self, workers: Sequence[StoredWorker]) -> None:
+    def save_workers(
+        self, workers: Sequence[StoredWorker], rows: Mapping[str, MemberRow] = {}
+    ) -> None:
         """Registrations: insert or replace each worker row (one statement; uans distinct),
         and its head on the row of its member (who must already name the uan:
-        ``set_member_uans`` first)."""
+        ``set_member_uans`` first). ``rows``: as in ``set_member_uans``."""
         if not workers:
             return
         rs = _RECORD_SEPARATOR
-        self._conn.execute(
+        written = self._conn.execute(
             "WITH saved AS (INSERT INTO workers AS w (uan, member_ref, registration, profile,"
             " baselines, current_state_lgd, current_district_lgd, last_address_request_at,"
             " active_event_ids, updated_at)"
@@ -360,7 +372,7 @@ class LocatorStore:
             " last_address_request_at = EXCLUDED.last_address_request_at,"
             " active_event_ids = EXCLUDED.active_event_ids,"
             " updated_at = now()"
-            f" RETURNING {_HEAD_RETURNING}) {_MIRROR_HEADS}",
+            f" RETURNING {_HEAD_RETURNING}) {_MIRROR_HEADS}{_RETURNING_STATE}",
             (
                 *_pack([w.uan for w in workers]),
                 *_pack([w.member_ref for w in workers]),
@@ -375,6 +387,7 @@ class LocatorStore:
                 *_pack_texts(" ".join(w.active_event_ids) for w in workers),
             ),
         )
+        _refresh(rows, written)
 
     def update_derived(self, workers: Sequence[StoredWorker]) -> None:
         """Recomputed workers whose derived state changed: one UPDATE for all of them (every
@@ -403,22 +416,26 @@ class LocatorStore:
             ),
         )
 
-    def delete_workers(self, deletions: Sequence[tuple[str, str, datetime]]) -> None:
+    def delete_workers(
+        self, deletions: Sequence[tuple[str, str, datetime]], rows: Mapping[str, MemberRow] = {}
+    ) -> None:
         """Rule 11 tombstones: (uan, member_ref, tombstone time) -> the worker's state and whole
-        history go, and collections of that member up to that time are not stored again."""
+        history go, and collections of that member up to that time are not stored again.
+        ``rows``: as in ``set_member_uans``."""
         if not deletions:
             return
         uans = [uan for uan, _, _ in deletions]
         refs = [ref for _, ref, _ in deletions]
         self._conn.execute("DELETE FROM location_changes WHERE uan = ANY(%s)", (uans,))
         self._conn.execute("DELETE FROM workers WHERE uan = ANY(%s)", (uans,))
-        self._conn.execute(
+        written = self._conn.execute(
             f"UPDATE members AS m SET uan = NULL, history = NULL, {_NO_HEAD},"
             " deregistered_at = GREATEST(m.deregistered_at, d.at)"
             " FROM unnest(%s::text[], %s::timestamptz[]) AS d(member_ref, at)"
-            " WHERE m.member_ref = d.member_ref",
+            " WHERE m.member_ref = d.member_ref" + _RETURNING_STATE,
             (refs, [at for _, _, at in deletions]),
         )
+        _refresh(rows, written)
 
     def purge_unregistered(self, older_than: datetime) -> int:
         """Grace window: members still unregistered since before ``older_than`` are forgotten
