@@ -269,10 +269,11 @@ class LocatorStore:
             # nothing to read but where it is (no history, no worker's head yet).
             for ref, version in self._conn.execute(
                 "INSERT INTO members (member_ref, uan)"
-                " SELECT * FROM unnest(string_to_array(%s, %s), %s::text[])"
+                " SELECT r, nullif(substr(u, 2), '')"
+                " FROM unnest(string_to_array(%s, %s), string_to_array(%s, %s)) AS n(r, u)"
                 " ON CONFLICT DO NOTHING RETURNING member_ref, ctid::text",
-                (*_pack(unseen), [given.get(ref) for ref in unseen]),
-            ):
+                (*_pack(unseen), *_pack_texts(given.get(ref) or "" for ref in unseen)),
+            ).fetchall():
                 found[ref] = MemberRow(
                     ref, version, given.get(ref), None, MemberHistory(), None, created=True
                 )
@@ -325,7 +326,7 @@ class LocatorStore:
             + _RETURNING_STATE,
             ([ref for ref, _ in assignments], [uan for _, uan in assignments]),
         )
-        _refresh(rows, written)
+        _refresh(rows, written.fetchall())
 
     def workers(
         self, uans: Iterable[str], *, lock: bool, registration: bool = True
@@ -339,7 +340,7 @@ class LocatorStore:
         query = f"SELECT {columns} FROM workers w WHERE w.uan = ANY(%b) ORDER BY w.uan"
         if lock:
             query += " FOR UPDATE"
-        rows = self._conn.execute(query.encode(), (keys,), binary=True)
+        rows = self._conn.execute(query.encode(), (keys,), binary=True).fetchall()
         return {row[0]: StoredWorker(*row) for row in rows}
 
     def save_workers(
@@ -387,7 +388,7 @@ class LocatorStore:
                 *_pack_texts(" ".join(w.active_event_ids) for w in workers),
             ),
         )
-        _refresh(rows, written)
+        _refresh(rows, written.fetchall())
 
     def update_derived(self, workers: Sequence[StoredWorker]) -> None:
         """Recomputed workers whose derived state changed: one UPDATE for all of them (every
@@ -435,7 +436,7 @@ class LocatorStore:
             " WHERE m.member_ref = d.member_ref" + _RETURNING_STATE,
             (refs, [at for _, _, at in deletions]),
         )
-        _refresh(rows, written)
+        _refresh(rows, written.fetchall())
 
     def purge_unregistered(self, older_than: datetime) -> int:
         """Grace window: members still unregistered since before ``older_than`` are forgotten
@@ -456,7 +457,7 @@ class LocatorStore:
             " detected_at, body FROM location_changes WHERE event_id = ANY(%s::uuid[])"
         )
         with self._conn.cursor(row_factory=class_row(StoredChange)) as cursor:
-            return list(cursor.execute(query, (keys,)))
+            return cursor.execute(query, (keys,)).fetchall()
 
     def record_changes(self, changes: Sequence[StoredChange], retracted: Sequence[str]) -> None:
         if retracted:
