@@ -33,6 +33,7 @@ from eshram_locator.domain.rules import (
     WorkerProfile,
     address_update_request,
     derive_from_history,
+    may_confirm,
     next_baselines,
     reconcile_published,
     stale_event_ids,
@@ -163,7 +164,18 @@ class Locator:
                     if counted:
                         outcome.new_observations += counted
                         changed.add(ref)
-                    if moves:
+                    # collections of months after every stored one: may_move, made finer
+                    if (
+                        moves
+                        and worker is not None
+                        and may_confirm(
+                            row.history,
+                            {collection.allocation_month for collection in batch},
+                            worker.current_district,
+                            worker.last_rebaseline,
+                            self._params,
+                        )
+                    ):
                         moved.add(ref)
                     continue
             history = row.history

@@ -302,6 +302,18 @@ class MemberHistory:
                 found.append((month, _monthly_district(places)))
         return found
 
+    def recent_observed(self, count: int) -> list[tuple[str, District]]:
+        """The latest ``count`` entries of ``observed_months()``, latest first; parses only
+        the months it reads."""
+        found: list[tuple[str, District]] = []
+        for month in sorted(self._stored_lines().keys() | self._months.keys(), reverse=True):
+            district = self.month_district(month)
+            if district is not None:
+                found.append((month, district))
+                if len(found) == count:
+                    break
+        return found
+
     def month_district(self, month: str) -> District | None:
         """Rule 3 for one month: its monthly district, None when it has no presence."""
         entry = self._entry(month)

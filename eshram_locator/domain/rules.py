@@ -446,6 +446,49 @@ def derive_from_history(
     )
 
 
+def may_confirm(
+    history: MemberHistory,
+    added: Collection[str],
+    current: tuple[int, int],
+    last_rebaseline: str | None,
+    params: RuleParams,
+) -> bool:
+    """Could collections just added to ``history``, all of months after every month it had,
+    confirm a move (rule 5)? ``may_move``'s answer made finer for that case, the common one.
+
+    ``added`` = their months; ``current`` = the current district the timeline gave before;
+    ``last_rebaseline`` = the month of the worker's latest re-baseline (rule 11), None if none.
+    Deriving the months before them again gives what it gave before, so a new change can only
+    come at one of them: where the streak of its district reaches exactly ``confirm_months``,
+    away from the current district (a streak longer than that was confirmed, or was not away,
+    before). False means the timeline keeps its changes and current district. True when a
+    re-baseline came after the months observed before (it restarts the streaks and may change
+    the current district: derive).
+    """
+    confirm = params.confirm_months
+    # the new observed months, the one before them (the last observed), and enough before it
+    # to see a streak of ``confirm`` months ending at any of them
+    recent = history.recent_observed(len(added) + confirm)
+    earlier = [month for month, _ in recent if month not in added]
+    last_observed = earlier[0] if earlier else ""
+    if last_rebaseline is not None and last_rebaseline > last_observed:
+        return True
+    length, previous = 0, 0
+    streak_district: District | None = None
+    for month, district in reversed(recent):
+        if last_rebaseline is not None and month < last_rebaseline:
+            continue  # the re-baseline restarted every streak at the first month after it
+        index = month_index(month)
+        if length and district == streak_district and index - previous - 1 <= params.max_gap_months:
+            length += 1
+        else:
+            length, streak_district = 1, district
+        previous = index
+        if month in added and length == confirm and district != current:
+            return True
+    return False
+
+
 # --- rule 7: what to publish ------------------------------------------------------------------
 
 

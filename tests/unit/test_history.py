@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from eshram_locator.domain.history import MemberHistory, may_move, transaction_digest
 from eshram_locator.domain.model import District, Location
+from eshram_locator.domain.months import add_months, month_index
 from eshram_locator.domain.rules import (
     Observation,
     RuleParams,
@@ -19,8 +20,9 @@ from eshram_locator.domain.rules import (
     derive_from_history,
     derive_timeline,
     history_of,
+    may_confirm,
 )
-from tests.unit.test_rules_properties import observation_sets, profiles
+from tests.unit.test_rules_properties import START, observation_sets, params_strategy, profiles
 
 SETTINGS = settings(max_examples=200, deadline=None)
 
@@ -120,6 +122,75 @@ def test_when_may_move_says_no_the_timeline_keeps_its_changes_and_district(
     after = derive_from_history(profile, history, params)
     assert [c.event_id for c in after.changes] == [c.event_id for c in timeline.changes]
     assert after.current_location.district == timeline.current_location.district
+
+
+@settings(max_examples=3_000, deadline=None)
+@given(
+    earlier=observation_sets(max_size=10),
+    batch=observation_sets(max_size=4),
+    profile=profiles(),
+    params=params_strategy,
+    stored=st.booleans(),
+)
+def test_when_may_confirm_says_no_the_timeline_keeps_its_changes_and_district(
+    earlier: list[Observation],
+    batch: list[Observation],
+    profile: WorkerProfile,
+    params: RuleParams,
+    stored: bool,
+) -> None:
+    """The locator skips deriving on may_confirm's word for collections of months after every
+    month of the history (the compiled merge's case): it must never skip a real change."""
+    last = max((o.allocation_month for o in earlier), default=add_months(START, -1))
+    batch = [  # the same months and gaps, moved after every earlier month
+        replace(
+            o,
+            transaction_id=f"b{o.transaction_id}",
+            allocation_month=add_months(
+                last, 1 + month_index(o.allocation_month) - month_index(START)
+            ),
+        )
+        for o in batch
+    ]
+    history = history_of(earlier)
+    if stored:
+        history = MemberHistory.from_bytes(history.to_bytes())
+    timeline = derive_from_history(profile, history, params)
+    for observation in batch:
+        add_observation(history, observation)
+    rebaselines = profile.baseline_history[1:]
+    last_rebaseline = rebaselines[-1][0] if rebaselines else None
+    added = {o.allocation_month for o in batch}
+    current = timeline.current_location.district
+    if may_confirm(history, added, current, last_rebaseline, params):
+        return
+    after = derive_from_history(profile, history, params)
+    assert [c.event_id for c in after.changes] == [c.event_id for c in timeline.changes]
+    assert after.current_location.district == current
+
+
+def test_a_re_baseline_restarts_the_streak_may_confirm_counts() -> None:
+    """Seen in Z in 2024-03 and 2024-04, re-registered in Y from 2024-04: the streak in Z
+    restarts at 2024-04, so 2024-05 in Z is its second month and confirms a move (counting
+    2024-03 too, it would be the third, and no change)."""
+    home, present, away = Location(9, 140), Location(7, 77), Location(27, 519)
+    profile = WorkerProfile(
+        uan="100000000017",
+        permanent_address=home,
+        present_address=present,
+        sms_reachable=False,
+        baselines=((None, home), ("2024-04", present)),
+    )
+    params = RuleParams(confirm_months=2)
+    history = MemberHistory()
+    history.add("PDS/1", "2024-03", 10, True, "FPS-1", away)
+    history.add("PDS/2", "2024-04", 20, True, "FPS-1", away)
+    timeline = derive_from_history(profile, history, params)
+    assert timeline.changes == ()
+    assert timeline.current_location == present
+    history.add("PDS/3", "2024-05", 30, True, "FPS-1", away)
+    assert may_confirm(history, {"2024-05"}, present.district, "2024-04", params)
+    assert len(derive_from_history(profile, history, params).changes) == 1
 
 
 def test_a_month_before_a_re_baseline_may_move_the_worker_even_where_they_are_now() -> None:
