@@ -80,26 +80,19 @@ def test_starting_postgres_twice_leaves_one_server(
     assert postgres.status().pid == first.pid
 
 
-def test_the_local_server_sizes_its_buffer_cache_to_the_machine(
+def test_the_local_server_is_tuned_for_the_locator(
     settings: Settings, endpoints: bootstrap.Endpoints
 ) -> None:
+    """Its buffer cache sized to the machine, and deadlocks looked for soon: two locators'
+    batches can deadlock, and both wait until PostgreSQL looks (1 s by default)."""
     if not settings.uses_local_postgres:
         pytest.skip("an external database is configured")
     with psycopg.connect(endpoints.postgres_dsn) as conn:
         row = conn.execute(
-            "SELECT setting::bigint * 8192 / 1048576 FROM pg_settings WHERE name = 'shared_buffers'"
+            "SELECT (SELECT setting::bigint * 8192 / 1048576 FROM pg_settings"
+            " WHERE name = 'shared_buffers'), current_setting('deadlock_timeout')"
         ).fetchone()
-    assert row == (shared_buffers_mb(machine_memory_bytes()),)
-
-
-def test_the_local_server_looks_for_deadlocks_soon(
-    settings: Settings, endpoints: bootstrap.Endpoints
-) -> None:
-    """Two locators' batches can deadlock; both wait until PostgreSQL looks (1 s by default)."""
-    if not settings.uses_local_postgres:
-        pytest.skip("an external database is configured")
-    with psycopg.connect(endpoints.postgres_dsn) as conn:
-        assert conn.execute("SHOW deadlock_timeout").fetchone() == ("100ms",)
+    assert row == (shared_buffers_mb(machine_memory_bytes()), "100ms")
 
 
 def test_kafka_on_a_taken_port_names_the_setting(

@@ -169,18 +169,23 @@ def test_when_may_confirm_says_no_the_timeline_keeps_its_changes_and_district(
     assert after.current_location.district == current
 
 
-def test_a_re_baseline_restarts_the_streak_may_confirm_counts() -> None:
-    """Seen in Z in 2024-03 and 2024-04, re-registered in Y from 2024-04: the streak in Z
-    restarts at 2024-04, so 2024-05 in Z is its second month and confirms a move (counting
-    2024-03 too, it would be the third, and no change)."""
-    home, present, away = Location(9, 140), Location(7, 77), Location(27, 519)
-    profile = WorkerProfile(
+def _re_registered_in_april(home: Location, present: Location) -> WorkerProfile:
+    """A worker registered at ``home``, re-registered with ``present`` from 2024-04."""
+    return WorkerProfile(
         uan="100000000017",
         permanent_address=home,
         present_address=present,
         sms_reachable=False,
         baselines=((None, home), ("2024-04", present)),
     )
+
+
+def test_a_re_baseline_restarts_the_streak_may_confirm_counts() -> None:
+    """Seen in Z in 2024-03 and 2024-04, re-registered in Y from 2024-04: the streak in Z
+    restarts at 2024-04, so 2024-05 in Z is its second month and confirms a move (counting
+    2024-03 too, it would be the third, and no change)."""
+    home, present, away = Location(9, 140), Location(7, 77), Location(27, 519)
+    profile = _re_registered_in_april(home, present)
     params = RuleParams(confirm_months=2)
     history = MemberHistory()
     history.add("PDS/1", "2024-03", 10, True, "FPS-1", away)
@@ -197,13 +202,7 @@ def test_a_month_before_a_re_baseline_may_move_the_worker_even_where_they_are_no
     """Seen in Y in 2024-02, re-registered in Y from 2024-04 (so current is Y): a 2024-03
     collection in Y confirms a move made before the re-baseline, a new change."""
     home, away = Location(9, 140), Location(27, 519)
-    profile = WorkerProfile(
-        uan="100000000017",
-        permanent_address=home,
-        present_address=away,
-        sms_reachable=False,
-        baselines=((None, home), ("2024-04", away)),
-    )
+    profile = _re_registered_in_april(home, away)
     history = MemberHistory()
     history.add("PDS/1", "2024-02", 10, True, "FPS-1", away)
     timeline = derive_from_history(profile, history, RuleParams())
