@@ -452,9 +452,8 @@ class LocatorProcess:
                     self._store = LocatorStore.connect(self._conninfo)
                 return work(self._store)
             except _RETRIABLE_DB as problem:
-                # A deadlock or a serialization failure (_CONFLICTS) is redone at once: waiting
-                # would only idle the process, and the redo waits for the other transaction's
-                # locks anyway. The server or the connection away: retried with backoff.
+                # _CONFLICTS: waiting would only idle the process, and the redo waits for the
+                # other transaction's locks anyway. The server or the connection away: backoff.
                 conflict = isinstance(problem, _CONFLICTS)
                 log.warning(
                     "database_retry", error=type(problem).__name__, delay_s=0 if conflict else delay

@@ -368,6 +368,18 @@ def derive_timeline(
     return derive_from_history(profile, history_of(observations), params)
 
 
+def _continues(
+    streak_district: District | None,
+    previous_index: int,
+    district: District,
+    index: int,
+    params: RuleParams,
+) -> bool:
+    """Rule 5: an observed month continues the streak before it (same district, a gap of at
+    most ``max_gap_months`` since the streak's last month)."""
+    return district == streak_district and index - previous_index - 1 <= params.max_gap_months
+
+
 def derive_from_history(
     profile: WorkerProfile, history: MemberHistory, params: RuleParams
 ) -> Timeline:
@@ -393,11 +405,7 @@ def derive_from_history(
             current_district = current.district
             streak, streak_district = [], None
         index = month_index(month)
-        if (
-            streak
-            and district == streak_district
-            and index - previous_index - 1 <= (params.max_gap_months)
-        ):
+        if streak and _continues(streak_district, previous_index, district, index, params):
             streak.append(month)
         else:
             streak, streak_district = [month], district
@@ -479,7 +487,7 @@ def may_confirm(
         if last_rebaseline is not None and month < last_rebaseline:
             continue  # the re-baseline restarted every streak at the first month after it
         index = month_index(month)
-        if length and district == streak_district and index - previous - 1 <= params.max_gap_months:
+        if length and _continues(streak_district, previous, district, index, params):
             length += 1
         else:
             length, streak_district = 1, district
