@@ -139,11 +139,15 @@ class LocatorProcess:
         self._stop = threading.Event()
         self._store: LocatorStore | None = None
         self._positions: dict[tuple[str, int], int] = {}  # next offset per assigned partition
-        # Registry bootstrap: after an assignment, collections wait (paused) until the assigned
-        # registry partitions reach these offsets, their high watermarks at assignment.
+        # Registry bootstrap: after an assignment, collections wait (paused) until the registry
+        # partitions reach their high watermarks at assignment: the assigned ones as this
+        # process consumes them, the others (``_group_targets``) as the offsets the group's
+        # other processes commit to PostgreSQL show.
         self._registry_targets: dict[tuple[str, int], int] = {}
+        self._group_targets: dict[tuple[str, int], int] = {}
+        self._group_read = -1  # the group's registry offsets summed, at the last look
         self._paused: list[TopicPartition] = []
-        self._paused_at = 0.0
+        self._paused_at = 0.0  # since then, the bootstrap has not advanced
         # One thread runs the transactions (and the relay), one at a time, in consumption order.
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="locator-commit")
         self._in_flight: Future[dict[tuple[str, int], int]] | None = None
@@ -185,13 +189,12 @@ class LocatorProcess:
                     self._positions.update(batch.next_offsets)  # consumed; committed in order
                     self._settle()
                     self._in_flight = self._committer.submit(self._commit, batch)
-                    if self._paused and self._registry_read():
+                    if self._paused and not self._group_targets and self._registry_read():
                         self._resume_collections("registry read")
                 else:
                     self._settle()  # nothing to decode meanwhile: let the batch in flight commit
                     if self._paused:
-                        if time.monotonic() - self._paused_at > _BOOTSTRAP_IDLE_AFTER_S:
-                            self._resume_collections("registry idle")  # nothing more to read
+                        self._advance_bootstrap()
                     else:
                         idle += 1
                         if (
@@ -254,46 +257,95 @@ class LocatorProcess:
             "partitions_assigned",
             partitions=[f"{p.topic}[{p.partition}]@{p.offset}" for p in positioned],
         )
-        self._bootstrap_registry(consumer, positioned)
+        self._bootstrap_registry(consumer, positioned, offsets)
 
-    def _bootstrap_registry(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
+    def _bootstrap_registry(
+        self,
+        consumer: Consumer,
+        assigned: list[TopicPartition],
+        stored: dict[tuple[str, int], int],
+    ) -> None:
         """Read the registry before the collections, as a stream-table join loads its table.
 
         Collections of workers whose registration is still unread go into unregistered
         members' histories, and each registration read later derives the worker's whole history
         again: correct (the rules do not depend on the order), but several times the work.
+        The registry is keyed by uan and the collections by member, so the registration of a
+        member whose collections this process reads is as likely in another process's
+        partition as in its own: the whole registry counts, not only the assigned part. While
+        one process still registers the members whose collections the other reads, both lock
+        the same rows: they wait for each other and deadlock (measured: up to five deadlocks
+        and half the throughput in a bench run).
+
         librdkafka fetches every assigned partition at once, so after an assignment the
-        collections partitions are paused until the registry partitions reach their high
-        watermarks of now, or (after the first fetches had time to arrive) a poll finds nothing
-        more to read.
+        collections partitions are paused until every registry partition reaches its high
+        watermark of now: the assigned ones as this process reads them, the others as the
+        offsets their processes commit to PostgreSQL show. A bootstrap that stops advancing for
+        ``_BOOTSTRAP_IDLE_AFTER_S`` (nothing more to read, or another process stalled) ends.
         """
         registry = self._config.topics.registry
-        targets: dict[tuple[str, int], int] = {}
-        for p in assigned:
-            if p.topic != registry:
-                continue
-            try:
-                _, high = consumer.get_watermark_offsets(p, timeout=10, cached=False)
-            except KafkaException as problem:  # no bootstrap: correct, only slower
-                log.warning("registry_watermarks_unavailable", error=str(problem))
-                return
-            if self._positions[(p.topic, p.partition)] < high:
-                targets[(p.topic, p.partition)] = high
         collections = [p for p in assigned if p.topic == self._config.topics.collections]
-        if not targets or not collections:
+        if not collections:
+            return
+        assigned_keys = {(p.topic, p.partition) for p in assigned}
+        targets: dict[tuple[str, int], int] = {}
+        group_targets: dict[tuple[str, int], int] = {}
+        try:
+            for partition in _partitions(consumer, registry):
+                key = (registry, partition)
+                _, high = consumer.get_watermark_offsets(
+                    TopicPartition(registry, partition), timeout=10, cached=False
+                )
+                if key in assigned_keys:
+                    if self._positions[key] < high:
+                        targets[key] = high
+                elif stored.get(key, 0) < high:
+                    group_targets[key] = high
+        except KafkaException as problem:  # no bootstrap: correct, only slower
+            log.warning("registry_watermarks_unavailable", error=str(problem))
+            return
+        if not targets and not group_targets:
             return
         consumer.pause(collections)
-        self._registry_targets, self._paused = targets, collections
+        self._registry_targets, self._group_targets = targets, group_targets
+        self._paused, self._group_read = collections, -1
         self._paused_at = time.monotonic()
-        log.info("registry_bootstrap_started", partitions=len(targets))
+        log.info(
+            "registry_bootstrap_started",
+            partitions=len(targets),
+            group_partitions=len(group_targets),
+        )
 
     def _registry_read(self) -> bool:
+        """The assigned registry partitions are read up to their targets."""
         positions = self._positions
         return all(positions.get(key, 0) >= high for key, high in self._registry_targets.items())
 
+    def _advance_bootstrap(self) -> None:
+        """After a poll that found nothing, with no batch in flight: end the bootstrap once the
+        whole registry is read, or once it has not advanced for a while."""
+        now = time.monotonic()
+        if self._registry_read() and self._group_targets:
+            registry = self._config.topics.registry
+            stored = self._with_store(
+                lambda store: store.load_offsets(self._config.group_id, [registry])
+            )
+            read = {key: min(stored.get(key, 0), high) for key, high in self._group_targets.items()}
+            if read == self._group_targets:
+                self._resume_collections("registry read")
+                return
+            if sum(read.values()) > self._group_read:  # the other processes are still reading
+                self._group_read = sum(read.values())
+                self._paused_at = now
+        elif self._registry_read():
+            self._resume_collections("registry read")
+            return
+        if now - self._paused_at > _BOOTSTRAP_IDLE_AFTER_S:
+            self._resume_collections("registry idle")
+
     def _resume_collections(self, reason: str) -> None:
         self._consumer.resume(self._paused)
-        self._registry_targets, self._paused = {}, []
+        self._registry_targets, self._group_targets, self._paused = {}, {}, []
         log.info("registry_bootstrap_done", reason=reason)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -303,7 +355,7 @@ class LocatorProcess:
             consumer.resume(self._paused)
         consumer.unassign()
         self._positions.clear()
-        self._registry_targets, self._paused = {}, []
+        self._registry_targets, self._group_targets, self._paused = {}, {}, []
         log.info("partitions_revoked", count=len(partitions))
 
     # --- one batch ---------------------------------------------------------------------------
@@ -511,6 +563,16 @@ _TRANSIENT_CODES = frozenset(
         KafkaError.NOT_COORDINATOR,
     }
 )
+
+
+def _partitions(consumer: Consumer, topic: str) -> list[int]:
+    """The topic's partition numbers (KafkaException when the broker cannot tell)."""
+    metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if metadata is None:
+        raise KafkaException(KafkaError(KafkaError._UNKNOWN_TOPIC, f"no metadata for {topic}"))
+    if metadata.error is not None:
+        raise KafkaException(metadata.error)
+    return sorted(metadata.partitions)
 
 
 def _transient(error: KafkaError) -> bool:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
+from consumers import locator as locator_module
 from eshram_locator import bootstrap
 from eshram_locator.domain.aadhaar import find_aadhaar_like, verhoeff_check_digit
 from eshram_locator.domain.model import (
@@ -21,6 +23,7 @@ from eshram_locator.domain.model import (
     RationCollection,
     WorkerRegistration,
 )
+from eshram_locator.postgres.store import LocatorStore
 from eshram_locator.records import (
     location_changed_from_avro,
     ration_collection_to_avro,
@@ -227,13 +230,97 @@ def test_collections_paused_for_the_registry_are_resumed_when_revoked(
         process._on_assign(consumer, registry + collections)
         assert process._paused  # the bootstrap waits for the registration
         process._on_revoke(consumer, registry + collections)
+        registry_read_by_another_process(pipeline)  # so no new bootstrap
         process._on_assign(consumer, collections)
+        assert not process._paused
         read: list[str | None] = []
         for _ in range(20):
             read += [message.topic() for message in consumer.consume(100, 0.5)]
             if read:
                 break
         assert read == [names.collections]
+    finally:
+        consumer.close()
+
+
+def registry_read_by_another_process(pipeline: Pipeline) -> None:
+    """Store the offsets another process of the group stores once it has read the registry up
+    to its high watermarks."""
+    names, settings = pipeline.names, pipeline.settings
+    consumer = Consumer(
+        {"bootstrap.servers": pipeline.endpoints.bootstrap_servers, "group.id": "watermarks"}
+    )
+    try:
+        ends = {
+            (names.registry, p): consumer.get_watermark_offsets(
+                TopicPartition(names.registry, p), timeout=10
+            )[1]
+            for p in range(settings.topic_partitions)
+        }
+    finally:
+        consumer.close()
+    store = LocatorStore.connect(pipeline.endpoints.postgres_dsn)
+    try:
+        with store.unit_of_work():
+            store.save_offsets(settings.consumer_group, ends)
+    finally:
+        store.close()
+
+
+def test_collections_wait_for_the_registry_another_process_reads(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry is keyed by uan, the collections by member: a collection's registration is
+    as likely in a registry partition another process of the group reads. Collections wait
+    until every registry partition is read, the others' as their offsets in PostgreSQL show."""
+    produce(pipeline, [registration()], [collection(1, "2025-04", HOME)])
+    monkeypatch.setattr(locator_module, "_BOOTSTRAP_IDLE_AFTER_S", 60.0)
+    process = bootstrap.locator_process(pipeline.settings, pipeline.endpoints, idle_exit_polls=4)
+    consumer = process._consumer
+    names, settings = pipeline.names, pipeline.settings
+    collections = [
+        TopicPartition(names.collections, p) for p in range(settings.collections_partitions)
+    ]
+    try:
+        process._on_assign(consumer, collections)  # the registry is another process's
+        assert process._paused
+        assert consumer.consume(100, 2.0) == []
+        process._advance_bootstrap()
+        assert process._paused  # the registration is not read yet
+        registry_read_by_another_process(pipeline)
+        process._advance_bootstrap()
+        assert not process._paused
+        read: list[str | None] = []
+        for _ in range(20):
+            read += [message.topic() for message in consumer.consume(100, 0.5)]
+            if read:
+                break
+        assert read == [names.collections]
+    finally:
+        consumer.close()
+
+
+def test_a_registry_bootstrap_that_stops_advancing_ends(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that reads its registry partitions no further (stalled, or gone before the
+    group rebalanced) holds the collections back only for a while: late registrations derive
+    again, correct and only slower."""
+    produce(pipeline, [registration()], [collection(1, "2025-04", HOME)])
+    monkeypatch.setattr(locator_module, "_BOOTSTRAP_IDLE_AFTER_S", 0.5)
+    process = bootstrap.locator_process(pipeline.settings, pipeline.endpoints, idle_exit_polls=4)
+    consumer = process._consumer
+    names, settings = pipeline.names, pipeline.settings
+    collections = [
+        TopicPartition(names.collections, p) for p in range(settings.collections_partitions)
+    ]
+    try:
+        process._on_assign(consumer, collections)
+        process._advance_bootstrap()
+        assert process._paused  # not yet
+        time.sleep(0.6)
+        process._advance_bootstrap()
+        assert not process._paused
     finally:
         consumer.close()
 
