@@ -516,6 +516,7 @@ def locator_child_argv(
     batch_size: int | None = None,
     exit_at_expected: bool = False,
     fine_timers: bool = False,
+    start_when: Path | None = None,
 ) -> list[str]:
     argv = [
         sys.executable,
@@ -539,6 +540,8 @@ def locator_child_argv(
         argv.append("--exit-at-expected")
     if fine_timers:
         argv.append("--fine-timers")
+    if start_when is not None:
+        argv += ["--start-when", str(start_when)]
     return argv
 
 

@@ -119,6 +119,12 @@ def main() -> int:
         "--exit-at-expected", action="store_true", help="Stop once --expected are consumed."
     )
     parser.add_argument(
+        "--start-when",
+        type=Path,
+        help="Join the consumer group only once this file exists (after ready_at): several"
+        " children start together, not as fast as each one's imports and connections allow.",
+    )
+    parser.add_argument(
         "--fine-timers",
         action="store_true",
         help="Also time decoding, each store method and the rules (a few us per call).",
@@ -190,6 +196,8 @@ def main() -> int:
     process.install_signal_handlers()
     status["ready_at"] = time.time()
     write_status(args.status, status)
+    while args.start_when is not None and not args.start_when.exists():
+        time.sleep(0.005)
     totals = process.run()
     report(totals, exited=True)
     return 0
