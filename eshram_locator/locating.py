@@ -44,6 +44,7 @@ from eshram_locator.postgres.store import (
     OutboxRow,
     StoredChange,
     StoredWorker,
+    WorkerHead,
     observation_key,
 )
 from eshram_locator.records import (
@@ -104,6 +105,7 @@ class Locator:
         outcome = BatchOutcome()
         registry_refs: set[str] = set()
         named: dict[str, str] = {}  # member_ref -> uan of the batch's last registration naming it
+        heads: dict[str, WorkerHead] = {}  # and the worker head it is expected to leave there
         if registry:
             known = store.workers(
                 {update.uan for update in registry}, lock=False, registration=False
@@ -111,7 +113,12 @@ class Locator:
             registry_refs.update(worker.member_ref for worker in known.values())
             named = {u.registration.member_ref: u.uan for u in registry if u.registration}
             registry_refs.update(named)
-        members = store.lock_members(collections.keys() | registry_refs, named)
+            heads = {
+                u.registration.member_ref: _expected_head(u.uan, u.registration, known.get(u.uan))
+                for u in registry
+                if u.registration
+            }
+        members = store.lock_members(collections.keys() | registry_refs, named, heads)
 
         # Brings the rows it writes up to date (version, uan, worker's head, history deleted).
         affected, fresh = self._apply_registry(store, registry, outcome, members)
@@ -421,6 +428,18 @@ def profile_json(permanent: Location, present: Location | None, sms_reachable: b
             "s": sms_reachable,
         }
     )
+
+
+def _expected_head(
+    uan: str, registration: WorkerRegistration, stored: StoredWorker | None
+) -> WorkerHead:
+    """The worker head a registration is expected to leave on its member's row: a new worker
+    is where the registration places them (rule 11's first baseline); a known one stays where
+    derived. ``save_workers`` corrects a head that turns out otherwise."""
+    if stored is None:
+        baseline = registration.baseline
+        return WorkerHead(uan, baseline.state_lgd, baseline.district_lgd, None)
+    return stored.head
 
 
 def _member_ref(row: MemberRow) -> str:

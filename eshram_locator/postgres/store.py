@@ -38,6 +38,17 @@ class StoredWorker:
     last_address_request_at: datetime | None
     active_event_ids: list[str]
 
+    @property
+    def head(self) -> WorkerHead:
+        """What its member's row keeps of it (``baselines -> -1 ->> 0`` is the last
+        re-baseline's month in SQL)."""
+        return WorkerHead(
+            self.uan,
+            self.current_state_lgd,
+            self.current_district_lgd,
+            self.baselines[-1][0] if self.baselines else None,
+        )
+
 
 @dataclass(slots=True)
 class WorkerHead:
@@ -248,7 +259,10 @@ class LocatorStore:
     # --- members and workers -----------------------------------------------------------------
 
     def lock_members(
-        self, member_refs: Iterable[str], uans: Mapping[str, str] | None = None
+        self,
+        member_refs: Iterable[str],
+        uans: Mapping[str, str] | None = None,
+        heads: Mapping[str, WorkerHead] | None = None,
     ) -> dict[str, MemberRow]:
         """Lock every given member row (inserting unseen members) and return each with its
         history and, when registered, its worker's head. Rows are locked in sorted order, the
@@ -257,7 +271,11 @@ class LocatorStore:
         ``uans``: the uan an unseen member is inserted with (the registration of this batch
         that names it), instead of inserting it without one and updating it (a non-HOT update:
         ``uan`` decides the ``members_unregistered`` index). Rows inserted here are marked
-        ``created``; the caller corrects their uan if the registration does not apply."""
+        ``created``; the caller corrects their uan if the registration does not apply.
+        ``heads``: the worker head such a member is inserted with (of the uan in ``uans``), as
+        the caller expects its registration to leave it; ``save_workers`` corrects what
+        differs (a head written after the insert is a second row version of every new
+        member)."""
         refs = sorted(set(member_refs))
         if not refs:
             return {}
@@ -265,17 +283,37 @@ class LocatorStore:
         if len(found) < len(refs):
             unseen = [ref for ref in refs if ref not in found]
             given = uans or {}
+            expected = {
+                ref: head for ref, head in (heads or {}).items() if given.get(ref) == head.uan
+            }
+            named_heads = [expected.get(ref) for ref in unseen]
             # A row this transaction inserts is its own until it commits: nothing to lock, and
-            # nothing to read but where it is (no history, no worker's head yet).
+            # nothing to read but where it is (no history).
             for ref, version in self._conn.execute(
-                "INSERT INTO members (member_ref, uan)"
-                " SELECT r, nullif(substr(u, 2), '')"
-                " FROM unnest(string_to_array(%s, %s), string_to_array(%s, %s)) AS n(r, u)"
+                "INSERT INTO members (member_ref, uan, worker_state_lgd, worker_district_lgd,"
+                " worker_rebaseline)"
+                " SELECT r, nullif(substr(u, 2), ''), nullif(substr(s, 2), '')::smallint,"
+                " nullif(substr(d, 2), '')::int, nullif(substr(b, 2), '')"
+                " FROM unnest(string_to_array(%s, %s), string_to_array(%s, %s),"
+                " string_to_array(%s, %s), string_to_array(%s, %s), string_to_array(%s, %s))"
+                " AS n(r, u, s, d, b)"
                 " ON CONFLICT DO NOTHING RETURNING member_ref, ctid::text",
-                (*_pack(unseen), *_pack_texts(given.get(ref) or "" for ref in unseen)),
+                (
+                    *_pack(unseen),
+                    *_pack_texts(given.get(ref) or "" for ref in unseen),
+                    *_pack_texts(str(h.current_state_lgd) if h else "" for h in named_heads),
+                    *_pack_texts(str(h.current_district_lgd) if h else "" for h in named_heads),
+                    *_pack_texts((h.last_rebaseline or "") if h else "" for h in named_heads),
+                ),
             ).fetchall():
                 found[ref] = MemberRow(
-                    ref, version, given.get(ref), None, MemberHistory(), None, created=True
+                    ref,
+                    version,
+                    given.get(ref),
+                    None,
+                    MemberHistory(),
+                    expected.get(ref),
+                    created=True,
                 )
             raced = [ref for ref in unseen if ref not in found]
             if raced:  # inserted by another transaction since the locked read: locked now
@@ -348,12 +386,16 @@ class LocatorStore:
     ) -> None:
         """Registrations: insert or replace each worker row (one statement; uans distinct),
         and its head on the row of its member (who must already name the uan:
-        ``set_member_uans`` first). ``rows``: as in ``set_member_uans``."""
+        ``set_member_uans`` first). ``rows``: as in ``set_member_uans``. When it holds every
+        worker's member (the locator's batches), the heads are written by row version where
+        they differ (no join with ``members``, no index lookup); else by key."""
         if not workers:
             return
         rs = _RECORD_SEPARATOR
+        by_version = all(w.member_ref in rows for w in workers)
         written = self._conn.execute(
-            "WITH saved AS (INSERT INTO workers AS w (uan, member_ref, registration, profile,"
+            ("" if by_version else "WITH saved AS (")
+            + "INSERT INTO workers AS w (uan, member_ref, registration, profile,"
             " baselines, current_state_lgd, current_district_lgd, last_address_request_at,"
             " active_event_ids, updated_at)"
             " SELECT r.uan, r.member_ref, r.registration, r.profile, r.baselines::jsonb,"
@@ -373,7 +415,11 @@ class LocatorStore:
             " last_address_request_at = EXCLUDED.last_address_request_at,"
             " active_event_ids = EXCLUDED.active_event_ids,"
             " updated_at = now()"
-            f" RETURNING {_HEAD_RETURNING}) {_MIRROR_HEADS}{_RETURNING_STATE}",
+            + (
+                ""
+                if by_version
+                else f" RETURNING {_HEAD_RETURNING}) {_MIRROR_HEADS}{_RETURNING_STATE}"
+            ),
             (
                 *_pack([w.uan for w in workers]),
                 *_pack([w.member_ref for w in workers]),
@@ -388,7 +434,41 @@ class LocatorStore:
                 *_pack_texts(" ".join(w.active_event_ids) for w in workers),
             ),
         )
-        _refresh(rows, written.fetchall())
+        if not by_version:
+            _refresh(rows, written.fetchall())
+            return
+        self._write_heads(
+            [(row, w.head) for w in workers if (row := rows[w.member_ref]).uan == w.uan], rows
+        )
+
+    def _write_heads(
+        self, heads: Sequence[tuple[MemberRow, WorkerHead]], rows: Mapping[str, MemberRow]
+    ) -> None:
+        """Each member row's worker head, where it differs from the one read: one UPDATE by
+        row version."""
+        changed = [(row, head) for row, head in heads if row.worker != head]
+        if not changed:
+            return
+        written = self._conn.execute(
+            "UPDATE members AS m SET worker_state_lgd = u.state::smallint,"
+            " worker_district_lgd = u.district::int,"
+            " worker_rebaseline = nullif(substr(u.rebaseline, 2), '')"
+            " FROM unnest(string_to_array(%s, %s)::tid[], string_to_array(%s, ','),"
+            " string_to_array(%s, ','), string_to_array(%s, %s))"
+            " AS u(version, state, district, rebaseline) WHERE m.ctid = u.version"
+            + _RETURNING_STATE,
+            (
+                *_pack([row.version for row, _ in changed]),
+                ",".join(str(head.current_state_lgd) for _, head in changed),
+                ",".join(str(head.current_district_lgd) for _, head in changed),
+                *_pack_texts(head.last_rebaseline or "" for _, head in changed),
+            ),
+        ).fetchall()
+        if len(written) != len(changed):  # a row changed after it was read: a bug, never a skip
+            raise StaleMemberRowError(
+                f"{len(changed) - len(written)} of {len(changed)} member rows changed since read"
+            )
+        _refresh(rows, written)
 
     def update_derived(self, workers: Sequence[StoredWorker]) -> None:
         """Recomputed workers whose derived state changed: one UPDATE for all of them (every

@@ -455,6 +455,27 @@ def test_the_registry_writes_bring_the_locked_rows_up_to_date(store: LocatorStor
         assert rows == store.members(["MR-U1", "MR-U2"])
 
 
+def test_a_member_named_by_a_new_registration_is_written_once(store: LocatorStore) -> None:
+    """``lock_members`` inserts a member a registration names with the worker head the caller
+    expects; ``save_workers`` then writes no second version of the row, and corrects a head
+    that turned out otherwise (by the row version it holds)."""
+    worker = _stored_worker("100000000091", "MR-W1", [[None, {"state_lgd": 9}]])
+    other = _stored_worker("100000000092", "MR-W2", [[None, {"state_lgd": 9}]])
+    expected = {"MR-W1": worker.head, "MR-W2": WorkerHead(other.uan, 27, 519, None)}
+    with store.unit_of_work():
+        uans = {"MR-W1": worker.uan, "MR-W2": other.uan}
+        rows = store.lock_members(["MR-W1", "MR-W2"], uans, expected)
+        inserted = {ref: row.version for ref, row in rows.items()}
+        assert {ref: row.worker for ref, row in rows.items()} == expected
+        store.save_workers([worker, other], rows)
+        assert rows["MR-W1"].version == inserted["MR-W1"]  # as expected: not written again
+        assert rows["MR-W2"].version != inserted["MR-W2"]
+        assert rows["MR-W2"].worker == other.head == WorkerHead(other.uan, 9, 164, None)
+        assert {ref: replace(row, created=False) for ref, row in rows.items()} == (
+            store.members(["MR-W1", "MR-W2"])
+        )
+
+
 def test_members_inserted_by_the_lock_are_returned_as_a_read_finds_them(
     fresh_database: str,
 ) -> None:
