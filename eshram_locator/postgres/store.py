@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import accumulate
 from typing import Any
 
 import orjson
@@ -173,6 +174,16 @@ def _pack(keys: Sequence[str]) -> tuple[str, str]:
     if joined.count(_UNIT_SEPARATOR) != max(len(keys) - 1, 0):
         raise ValueError("a key holds a control character")
     return joined, _UNIT_SEPARATOR
+
+
+def _pack_bytes(values: Sequence[bytes]) -> tuple[bytes, str, str]:
+    """Many byte strings as one ``bytea`` parameter, each read back with
+    ``substring(%b FROM start FOR length)`` (1-based starts and the lengths, each list for
+    ``string_to_array(%s, ',')::int[]``): psycopg dumps a ``bytea[]`` element by element in
+    Python, one ``bytea`` at once."""
+    lengths = [len(value) for value in values]
+    starts = accumulate(lengths[:-1], initial=1)
+    return b"".join(values), ",".join(map(str, starts)), ",".join(map(str, lengths))
 
 
 def _pack_texts(values: Iterable[str]) -> tuple[str, str]:
@@ -337,12 +348,13 @@ class LocatorStore:
         since they were read (``MemberRow.version``)."""
         if not members:
             return
-        versions, separator = _pack([member.version for member in members])
+        histories, starts, lengths = _pack_bytes([member.history.to_bytes() for member in members])
         updated = self._conn.execute(
-            "UPDATE members AS m SET history = u.history"
-            " FROM unnest(string_to_array(%s, %s)::tid[], %b::bytea[])"
-            " AS u(version, history) WHERE m.ctid = u.version",
-            (versions, separator, [member.history.to_bytes() for member in members]),
+            "UPDATE members AS m SET history = substring(%b FROM u.start FOR u.length)"
+            " FROM unnest(string_to_array(%s, %s)::tid[], string_to_array(%s, ',')::int[],"
+            " string_to_array(%s, ',')::int[]) AS u(version, start, length)"
+            " WHERE m.ctid = u.version",
+            (histories, *_pack([member.version for member in members]), starts, lengths),
         ).rowcount
         if updated != len(members):  # a row changed after it was read: a bug, never a skip
             raise StaleMemberRowError(

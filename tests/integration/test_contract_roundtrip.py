@@ -434,6 +434,28 @@ def test_member_histories_round_trip(store: LocatorStore) -> None:
     )
 
 
+def test_histories_of_every_length_are_written_back_whole(store: LocatorStore) -> None:
+    """One statement writes a batch's histories, sent as one byte string and the lengths:
+    each member gets exactly its own, whatever the lengths around it."""
+    refs = ["MR-L0", "MR-L1", "MR-L2", "MR-L3"]
+    with store.unit_of_work():
+        rows = store.lock_members(refs)
+        for count, ref in enumerate(refs):  # 0 to 3 transactions: histories of four lengths
+            for number in range(count):
+                add_collection(
+                    rows[ref].history,
+                    replace(COLLECTION, transaction_id=f"T-L{number}", member_ref=ref),
+                )
+        store.save_histories([rows[ref] for ref in refs])
+    with store.unit_of_work():
+        stored = store.members(refs)
+    assert [len(stored[ref].history) for ref in refs] == [0, 1, 2, 3]
+    assert [stored[ref].history.to_bytes() for ref in refs] == [
+        rows[ref].history.to_bytes() for ref in refs
+    ]
+    assert len({len(stored[ref].history.to_bytes()) for ref in refs}) == 4
+
+
 def test_the_registry_writes_bring_the_locked_rows_up_to_date(store: LocatorStore) -> None:
     """A batch's registry path writes member rows it has locked (a uan, the worker's head, a
     deletion) and goes on with the rows it holds: each write brings them up to date, as a
