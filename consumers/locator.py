@@ -325,23 +325,24 @@ class LocatorProcess:
         """After a poll that found nothing, with no batch in flight: end the bootstrap once the
         whole registry is read, or once it has not advanced for a while."""
         now = time.monotonic()
-        if self._registry_read() and self._group_targets:
-            registry = self._config.topics.registry
-            stored = self._with_store(
-                lambda store: store.load_offsets(self._config.group_id, [registry])
-            )
-            read = {key: min(stored.get(key, 0), high) for key, high in self._group_targets.items()}
-            if read == self._group_targets:
-                self._resume_collections("registry read")
-                return
-            if sum(read.values()) > self._group_read:  # the other processes are still reading
-                self._group_read = sum(read.values())
-                self._paused_at = now
-        elif self._registry_read():
+        if self._registry_read() and self._group_registry_read(now):
             self._resume_collections("registry read")
-            return
-        if now - self._paused_at > _BOOTSTRAP_IDLE_AFTER_S:
+        elif now - self._paused_at > _BOOTSTRAP_IDLE_AFTER_S:
             self._resume_collections("registry idle")
+
+    def _group_registry_read(self, now: float) -> bool:
+        """The other processes' registry partitions are read up to their targets, as the
+        offsets they committed to PostgreSQL show; while they advance, the bootstrap waits."""
+        if not self._group_targets:
+            return True
+        registry = self._config.topics.registry
+        stored = self._with_store(
+            lambda store: store.load_offsets(self._config.group_id, [registry])
+        )
+        read = {key: min(stored.get(key, 0), high) for key, high in self._group_targets.items()}
+        if sum(read.values()) > self._group_read:
+            self._group_read, self._paused_at = sum(read.values()), now
+        return read == self._group_targets
 
     def _resume_collections(self, reason: str) -> None:
         self._consumer.resume(self._paused)
