@@ -221,11 +221,7 @@ def test_collections_paused_for_the_registry_are_resumed_when_revoked(
     produce(pipeline, [registration()], [collection(1, "2025-04", HOME)])
     process = bootstrap.locator_process(pipeline.settings, pipeline.endpoints, idle_exit_polls=4)
     consumer = process._consumer
-    names, settings = pipeline.names, pipeline.settings
-    registry = [TopicPartition(names.registry, p) for p in range(settings.topic_partitions)]
-    collections = [
-        TopicPartition(names.collections, p) for p in range(settings.collections_partitions)
-    ]
+    registry, collections = partitions(pipeline)
     try:
         process._on_assign(consumer, registry + collections)
         assert process._paused  # the bootstrap waits for the registration
@@ -233,14 +229,28 @@ def test_collections_paused_for_the_registry_are_resumed_when_revoked(
         registry_read_by_another_process(pipeline)  # so no new bootstrap
         process._on_assign(consumer, collections)
         assert not process._paused
-        read: list[str | None] = []
-        for _ in range(20):
-            read += [message.topic() for message in consumer.consume(100, 0.5)]
-            if read:
-                break
-        assert read == [names.collections]
+        assert topics_read(consumer) == [pipeline.names.collections]
     finally:
         consumer.close()
+
+
+def partitions(pipeline: Pipeline) -> tuple[list[TopicPartition], list[TopicPartition]]:
+    """Every partition of the registry, and of the collections."""
+    names, settings = pipeline.names, pipeline.settings
+    return (
+        [TopicPartition(names.registry, p) for p in range(settings.topic_partitions)],
+        [TopicPartition(names.collections, p) for p in range(settings.collections_partitions)],
+    )
+
+
+def topics_read(consumer: Consumer) -> list[str | None]:
+    """The topics of the first messages the consumer reads (waiting up to 10 s for any)."""
+    read: list[str | None] = []
+    for _ in range(20):
+        read += [message.topic() for message in consumer.consume(100, 0.5)]
+        if read:
+            break
+    return read
 
 
 def registry_read_by_another_process(pipeline: Pipeline) -> None:
@@ -277,10 +287,7 @@ def test_collections_wait_for_the_registry_another_process_reads(
     monkeypatch.setattr(locator_module, "_BOOTSTRAP_IDLE_AFTER_S", 60.0)
     process = bootstrap.locator_process(pipeline.settings, pipeline.endpoints, idle_exit_polls=4)
     consumer = process._consumer
-    names, settings = pipeline.names, pipeline.settings
-    collections = [
-        TopicPartition(names.collections, p) for p in range(settings.collections_partitions)
-    ]
+    _, collections = partitions(pipeline)
     try:
         process._on_assign(consumer, collections)  # the registry is another process's
         assert process._paused
@@ -290,12 +297,7 @@ def test_collections_wait_for_the_registry_another_process_reads(
         registry_read_by_another_process(pipeline)
         process._advance_bootstrap()
         assert not process._paused
-        read: list[str | None] = []
-        for _ in range(20):
-            read += [message.topic() for message in consumer.consume(100, 0.5)]
-            if read:
-                break
-        assert read == [names.collections]
+        assert topics_read(consumer) == [pipeline.names.collections]
     finally:
         consumer.close()
 
@@ -310,10 +312,7 @@ def test_a_registry_bootstrap_that_stops_advancing_ends(
     monkeypatch.setattr(locator_module, "_BOOTSTRAP_IDLE_AFTER_S", 0.5)
     process = bootstrap.locator_process(pipeline.settings, pipeline.endpoints, idle_exit_polls=4)
     consumer = process._consumer
-    names, settings = pipeline.names, pipeline.settings
-    collections = [
-        TopicPartition(names.collections, p) for p in range(settings.collections_partitions)
-    ]
+    _, collections = partitions(pipeline)
     try:
         process._on_assign(consumer, collections)
         process._advance_bootstrap()
