@@ -122,7 +122,8 @@ _FULL_WORKER_COLUMNS = _WORKER_COLUMNS.format(registration="w.registration")
 # The worker head on the member row (migration 0004), written with the worker row it mirrors:
 # a statement writing ``workers`` returns the head (``WITH saved AS (... RETURNING ...)``) and
 # copies it to the member that names the worker, where it differs (no new row version for
-# nothing).
+# nothing). ``save_workers`` does so by row version instead when the batch holds the members'
+# rows (``_write_heads``).
 _HEAD_RETURNING = (
     "w.uan, w.member_ref, w.current_state_lgd, w.current_district_lgd,"
     " w.baselines -> -1 ->> 0 AS rebaseline"
