@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -12,6 +13,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from consumers import locator as locator_module
+from consumers.locator import LocatorProcess
 from eshram_locator import bootstrap
 from eshram_locator.domain.aadhaar import find_aadhaar_like, verhoeff_check_digit
 from eshram_locator.domain.model import (
@@ -283,13 +285,8 @@ def test_collections_wait_for_the_registry_another_process_reads(
     """The registry is keyed by uan, the collections by member: a collection's registration is
     as likely in a registry partition another process of the group reads. Collections wait
     until every registry partition is read, the others' as their offsets in PostgreSQL show."""
-    produce(pipeline, [registration()], [collection(1, "2025-04", HOME)])
-    monkeypatch.setattr(locator_module, "_BOOTSTRAP_IDLE_AFTER_S", 60.0)
-    process = bootstrap.locator_process(pipeline.settings, pipeline.endpoints, idle_exit_polls=4)
-    consumer = process._consumer
-    _, collections = partitions(pipeline)
-    try:
-        process._on_assign(consumer, collections)  # the registry is another process's
+    with collections_assigned_alone(pipeline, monkeypatch, idle_after_s=60.0) as process:
+        consumer = process._consumer
         assert process._paused
         assert consumer.consume(100, 2.0) == []
         process._advance_bootstrap()
@@ -298,8 +295,6 @@ def test_collections_wait_for_the_registry_another_process_reads(
         process._advance_bootstrap()
         assert not process._paused
         assert topics_read(consumer) == [pipeline.names.collections]
-    finally:
-        consumer.close()
 
 
 def test_a_registry_bootstrap_that_stops_advancing_ends(
@@ -308,20 +303,30 @@ def test_a_registry_bootstrap_that_stops_advancing_ends(
     """A process that reads its registry partitions no further (stalled, or gone before the
     group rebalanced) holds the collections back only for a while: late registrations derive
     again, correct and only slower."""
-    produce(pipeline, [registration()], [collection(1, "2025-04", HOME)])
-    monkeypatch.setattr(locator_module, "_BOOTSTRAP_IDLE_AFTER_S", 0.5)
-    process = bootstrap.locator_process(pipeline.settings, pipeline.endpoints, idle_exit_polls=4)
-    consumer = process._consumer
-    _, collections = partitions(pipeline)
-    try:
-        process._on_assign(consumer, collections)
+    with collections_assigned_alone(pipeline, monkeypatch, idle_after_s=0.5) as process:
         process._advance_bootstrap()
         assert process._paused  # not yet
         time.sleep(0.6)
         process._advance_bootstrap()
         assert not process._paused
+
+
+@contextmanager
+def collections_assigned_alone(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, *, idle_after_s: float
+) -> Iterator[LocatorProcess]:
+    """A registration and a collection of its member in the log, and a locator assigned by
+    hand every collections partition and no registry partition (the registry is another
+    process's), its bootstrap ending after ``idle_after_s`` without progress."""
+    produce(pipeline, [registration()], [collection(1, "2025-04", HOME)])
+    monkeypatch.setattr(locator_module, "_BOOTSTRAP_IDLE_AFTER_S", idle_after_s)
+    process = bootstrap.locator_process(pipeline.settings, pipeline.endpoints, idle_exit_polls=4)
+    _, collections = partitions(pipeline)
+    try:
+        process._on_assign(process._consumer, collections)
+        yield process
     finally:
-        consumer.close()
+        process._consumer.close()
 
 
 def test_a_registration_in_the_current_schema_is_stored_as_it_came(pipeline: Pipeline) -> None:
