@@ -157,6 +157,15 @@ def create_topics(admin: AdminClient, names: Sequence[str], partitions: int) -> 
         future.result()
 
 
+def initial_rebalance_delay_ms(admin: AdminClient) -> int:
+    """The broker's ``group.initial.rebalance.delay.ms``: at 0, the first locator to join a
+    new group takes every partition and hands half back when the next one joins."""
+    broker_id = min(admin.list_topics(timeout=10).brokers)
+    resource = ConfigResource(ResourceType.BROKER, str(broker_id))
+    config = admin.describe_configs([resource])[resource].result(timeout=30)
+    return int(config["group.initial.rebalance.delay.ms"].value)
+
+
 def use_log_append_time(admin: AdminClient, topic: str) -> None:
     """Make the broker stamp ``topic``'s records when it appends them (= when delivered)."""
     resource = ConfigResource(

@@ -147,6 +147,7 @@ def local_kafka(settings: Settings) -> LocalKafka:
         port=settings.kafka_port,
         controller_port=settings.kafka_controller_port,
         heap=settings.kafka_heap,
+        initial_rebalance_delay_ms=settings.kafka_initial_rebalance_delay_ms,
         security=security,
     )
 

@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     kafka_heap: str = Field(
         "512m", pattern=r"^\d+[mg]$", description="Java heap of the local broker."
     )
+    kafka_initial_rebalance_delay_ms: int = Field(
+        3000,
+        ge=0,
+        le=300_000,
+        description="The local broker's group.initial.rebalance.delay.ms (Kafka's default): how"
+        " long a new consumer group waits for more members before its first assignment, so that"
+        " locator processes started together each begin with their own share. The tests use 0.",
+    )
     schema_registry_url: str | None = Field(
         None,
         description="Confluent Schema Registry URL. Set: records are written in Confluent framing; both framings are always read.",

@@ -39,6 +39,10 @@ if [[ -z "${LOCATOR_KAFKA_BOOTSTRAP:-}" ]]; then
     command -v mvn >/dev/null || apt_install maven
 fi
 
+# A broker this script starts gives each new consumer group its partitions at once: every test's
+# group is new, and Kafka's default initial rebalance delay would make each wait 3 s.
+export LOCATOR_KAFKA_INITIAL_REBALANCE_DELAY_MS="${LOCATOR_KAFKA_INITIAL_REBALANCE_DELAY_MS:-0}"
+
 # --- services: remember what was already running, stop only what we start ------------------
 before="$("$BIN/eshram-locator" services status)" || exit $?
 started=()

@@ -7,6 +7,7 @@ that need them are marked ``pytest.mark.integration``.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
@@ -22,6 +23,10 @@ from eshram_locator import bootstrap
 from eshram_locator.settings import Settings
 
 TopicFactory = Callable[..., str]
+
+# A local broker the tests start gives each new consumer group its partitions at once: every
+# test's group is new, and Kafka's default waits 3 s for more members (scripts/test.sh too).
+os.environ.setdefault("LOCATOR_KAFKA_INITIAL_REBALANCE_DELAY_MS", "0")
 
 
 @pytest.fixture(scope="session")

@@ -143,6 +143,7 @@ class LocalKafka:
         port: int,
         controller_port: int,
         heap: str,
+        initial_rebalance_delay_ms: int,
         security: BrokerSecurity | None = None,
     ) -> None:
         self.version = version
@@ -151,6 +152,7 @@ class LocalKafka:
         self.port = port
         self.controller_port = controller_port
         self.heap = heap
+        self.initial_rebalance_delay_ms = initial_rebalance_delay_ms
         self.security = security
 
     # --- paths -------------------------------------------------------------------------
@@ -250,6 +252,11 @@ class LocalKafka:
         running = pid is not None and _port_answers(self.port)
         return KafkaStatus(running=running, pid=pid, port=self.port)
 
+    def config_current(self) -> bool:
+        """Whether the broker's configuration file is the one these settings write (a running
+        broker keeps the one it started with, e.g. an older initial rebalance delay)."""
+        return _read(self._properties_file) == self._properties().strip()
+
     def start(self, timeout_s: float = 90.0) -> KafkaStatus:
         """Start the broker unless it runs; return once it answers metadata requests."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -263,6 +270,12 @@ class LocalKafka:
         if pid is not None:
             if _port_answers(self.port):
                 log.debug("kafka.already_running", pid=pid, port=self.port)
+                if not self.config_current():
+                    log.warning(
+                        "kafka.running_with_other_config",
+                        properties=str(self._properties_file),
+                        hint="restart it to apply: services down kafka, then services up",
+                    )
                 return KafkaStatus(running=True, pid=pid, port=self.port)
             log.info("kafka.waiting_for_starting_broker", pid=pid)
             self._wait_ready(pid, None, deadline)
@@ -314,6 +327,11 @@ class LocalKafka:
         return pid if ours else None
 
     def _write_config(self) -> None:
+        _write_private(self._properties_file, self._properties())
+        self._log4j_file.write_text(_LOG4J2_TEMPLATE.format(log_file=self._server_log))
+
+    def _properties(self) -> str:
+        """The broker's server.properties for these settings."""
         properties = {
             "process.roles": "broker,controller",
             "node.id": "1",
@@ -336,7 +354,7 @@ class LocalKafka:
             "transaction.state.log.num.partitions": "10",
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
-            "group.initial.rebalance.delay.ms": "0",
+            "group.initial.rebalance.delay.ms": str(self.initial_rebalance_delay_ms),
             "auto.create.topics.enable": "false",
             "delete.topic.enable": "true",
         }
@@ -344,8 +362,7 @@ class LocalKafka:
             properties.update(self._security_properties(self.security))
         lines = ["# Written by eshram-locator on every start; edits are overwritten."]
         lines += [f"{key}={value}" for key, value in properties.items()]
-        _write_private(self._properties_file, "\n".join(lines) + "\n")
-        self._log4j_file.write_text(_LOG4J2_TEMPLATE.format(log_file=self._server_log))
+        return "\n".join(lines) + "\n"
 
     def _security_properties(self, security: BrokerSecurity) -> dict[str, str]:
         """SASL/SCRAM-SHA-512 on the client listener, SASL/PLAIN on the controller's, ACLs on."""

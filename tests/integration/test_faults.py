@@ -118,6 +118,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateServic
         port=free_port(),
         controller_port=free_port(),
         heap="384m",
+        initial_rebalance_delay_ms=0,
     )
     postgres_dir = data_dir_for(base, postgres_port)
     postgres = LocalPostgres(port=postgres_port, database="fault_tests", data_dir=postgres_dir)

@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from eshram_locator import bootstrap
 from eshram_locator.errors import LocalServiceError
@@ -67,6 +67,22 @@ def test_starting_kafka_twice_leaves_one_broker(
     assert kafka.status().pid == first.pid
 
 
+def test_the_broker_runs_with_the_configured_initial_rebalance_delay(
+    settings: Settings, endpoints: bootstrap.Endpoints, admin: AdminClient
+) -> None:
+    """The setting reaches the broker; settings with another value are told apart from the
+    running broker's (it keeps its configuration until restarted). The broker may have been
+    started with another value than this session's (``services up`` before the tests)."""
+    if not settings.uses_local_kafka:
+        pytest.skip("an external broker is configured")
+    broker = ConfigResource(ResourceType.BROKER, "1")
+    config = admin.describe_configs([broker])[broker].result(timeout=30)
+    delay = int(config["group.initial.rebalance.delay.ms"].value)
+    for value, current in ((delay, True), (delay + 1, False)):
+        other = settings.model_copy(update={"kafka_initial_rebalance_delay_ms": value})
+        assert bootstrap.local_kafka(other).config_current() is current
+
+
 def test_starting_postgres_twice_leaves_one_server(
     settings: Settings, endpoints: bootstrap.Endpoints
 ) -> None:
@@ -105,6 +121,7 @@ def test_kafka_on_a_taken_port_names_the_setting(
         port=taken_port,
         controller_port=free_port(),
         heap="256m",
+        initial_rebalance_delay_ms=0,
     )
     with pytest.raises(LocalServiceError, match=rf"port {taken_port}.*LOCATOR_KAFKA_PORT"):
         kafka.start()
