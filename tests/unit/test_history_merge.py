@@ -223,6 +223,31 @@ def test_what_the_merge_leaves_to_the_general_path() -> None:
     assert after_add.merge_later([one("2024-05")], None, None) is None  # changed since read
 
 
+@pytest.mark.parametrize("extensions", [False, True], ids=["portable", "sha-extensions"])
+def test_both_sha256_codes_give_the_general_paths_digests(extensions: bool) -> None:
+    """Keys of one, two and three SHA-256 blocks ("source/transaction_id": a block holds up to
+    55 bytes of key), hashed by the portable code and by the processor's SHA extensions
+    (where it has none, the portable code twice)."""
+    merge = history_module._history_merge
+    assert merge is not None
+    chosen = merge.sha_extensions()
+    try:
+        in_use = merge.sha_extensions(extensions)
+        assert in_use == (extensions and chosen)  # at import: the extensions where there are
+        batch = [
+            one(transaction_id=f"t{length}-" + "x" * length, fps_id=f"FPS-{length}")
+            for length in range(0, 140, 3)
+        ]
+        expected, counted, moves = general_path(b"", batch, (9, 140), None)
+        history = MemberHistory()
+        assert history.merge_later(batch, (9, 140), None) == (counted, moves)
+        assert history.to_bytes() == expected.to_bytes()
+        assert history.digests() == expected.digests()
+        assert counted == len(batch)
+    finally:
+        merge.sha_extensions(chosen)
+
+
 def test_the_keys_of_stored_transactions_are_not_counted_again() -> None:
     seed = MemberHistory()
     add_all(seed, [one("2024-03")])
