@@ -92,7 +92,8 @@ static void sha256_block_portable(Sha256 *h, const unsigned char *p) {
  * import when the processor has them: the portable block is the largest single part of a merge.
  * The message schedule four words at a time, each round group as in Intel's description of
  * the instructions; the state is kept as ABEF and CDGH. */
-#if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 5))
+/* (GCC 7 brought __get_cpuid_count; older compilers build the portable code only.) */
+#if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 7))
 #include <cpuid.h>
 #include <immintrin.h>
 #define HAVE_SHA_EXTENSIONS 1
