@@ -142,6 +142,15 @@ static int has_sha_extensions(void) {
 
 static void (*sha256_block)(Sha256 *h, const unsigned char *p) = sha256_block_portable;
 
+/* The SHA extensions' block when wanted and the processor has them, the portable one otherwise. */
+static void choose_sha256_block(int wanted) {
+    sha256_block = sha256_block_portable;
+#ifdef HAVE_SHA_EXTENSIONS
+    if (wanted && has_sha_extensions())
+        sha256_block = sha256_block_extensions;
+#endif
+}
+
 static void sha256_init(Sha256 *h) {
     static const uint32_t initial[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
                                         0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
@@ -742,11 +751,7 @@ static PyObject *sha_extensions(PyObject *self, PyObject *args) {
         int wanted = PyObject_IsTrue(enabled);
         if (wanted < 0)
             return NULL;
-        sha256_block = sha256_block_portable;
-#ifdef HAVE_SHA_EXTENSIONS
-        if (wanted && has_sha_extensions())
-            sha256_block = sha256_block_extensions;
-#endif
+        choose_sha256_block(wanted);
     }
     return PyBool_FromLong(sha256_block != sha256_block_portable);
 }
@@ -774,9 +779,6 @@ PyMODINIT_FUNC PyInit__history_merge(void) {
     PyDateTime_IMPORT;
     if (PyDateTimeAPI == NULL)
         return NULL;
-#ifdef HAVE_SHA_EXTENSIONS
-    if (has_sha_extensions())
-        sha256_block = sha256_block_extensions;
-#endif
+    choose_sha256_block(1);
     return PyModule_Create(&module_def);
 }
