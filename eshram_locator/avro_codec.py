@@ -34,6 +34,7 @@ from fastavro.read import SchemaResolutionError
 from fastavro.schema import SchemaParseException
 from fastavro.schema import fingerprint as _fastavro_fingerprint
 
+from eshram_locator.avro_writer import Writer, compile_writer
 from eshram_locator.errors import (
     ConfigError,
     DecodeError,
@@ -597,6 +598,10 @@ class SchemaRegistryClient:
 _Plan = tuple[str, dict[str, Any], dict[str, Any] | None]
 
 
+#: A record's framing header, parsed schema and, when it has one, its own writer.
+_Header = tuple[bytes, dict[str, Any], Writer | None]
+
+
 class AvroCodec:
     """Encodes the current version of a record; decodes any known version to the current one."""
 
@@ -608,7 +613,7 @@ class AvroCodec:
         self._generation = catalog.generation
         self._plans: dict[int, _Plan] = {}  # by fingerprint
         self._id_plans: dict[int, _Plan] = {}  # by registry id
-        self._headers: dict[tuple[str, str | None], tuple[bytes, dict[str, Any]]] = {}
+        self._headers: dict[tuple[str, str | None], _Header] = {}
 
     @property
     def catalog(self) -> SchemaCatalog:
@@ -641,25 +646,30 @@ class AvroCodec:
         if cached is None:
             cached = self._header(record_name, topic)
             self._headers[(record_name, topic)] = cached
-        header, parsed = cached
-        out = io.BytesIO()
-        out.write(header)
+        header, parsed, write = cached
         try:
+            if write is not None:  # the schema's own writer (avro_writer): fastavro's bytes
+                body = bytearray(header)
+                write(datum, body)
+                return bytes(body)
+            out = io.BytesIO()
+            out.write(header)
             schemaless_writer(out, parsed, datum)
+            return out.getvalue()
         except _BAD_DATUM as error:
             raise ValidationError(
                 f"{record_name} datum does not match its schema ({type(error).__name__})"
             ) from error
-        return out.getvalue()
 
-    def _header(self, record_name: str, topic: str | None) -> tuple[bytes, dict[str, Any]]:
+    def _header(self, record_name: str, topic: str | None) -> _Header:
         entry = self._catalog.current(record_name)
+        write = compile_writer(entry.parsed)
         if self._registry is None:
-            return single_object_header(entry.fingerprint), entry.parsed
+            return single_object_header(entry.fingerprint), entry.parsed, write
         subject = f"{topic}-value" if topic else entry.full_name
         schema_id = self._registry.register(subject, entry.schema_text)
         self._id_plans.setdefault(schema_id, (entry.record_name, entry.parsed, None))
-        return CONFLUENT_MAGIC + schema_id.to_bytes(4, "big"), entry.parsed
+        return CONFLUENT_MAGIC + schema_id.to_bytes(4, "big"), entry.parsed, write
 
     # --- decode ------------------------------------------------------------------------------
 
