@@ -20,7 +20,7 @@ import gc
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -47,6 +47,7 @@ from eshram_locator.intake import (
     WORKER_REGISTRATION,
     RawMessage,
     dead_letter,
+    fast_batch_reader,
     fast_collection_reader,
     fast_registration_reader,
     read_collection,
@@ -105,6 +106,17 @@ class _Batch:
     by_error: dict[str, int]
 
 
+@dataclass(slots=True)
+class _Read:
+    """What ``LocatorProcess._read_each`` read of a batch's messages."""
+
+    registry: list[RegistryUpdate]
+    collections: list[RationCollection]
+    positions: list[int]  # each collection's message: its index in the batch
+    rejected: list[OutboxRow]
+    by_error: dict[str, int]
+
+
 class LocatorProcess:
     def __init__(
         self,
@@ -123,6 +135,8 @@ class LocatorProcess:
         # or read_registration.
         self._read_fast = fast_collection_reader(codec)
         self._read_registration_fast = fast_registration_reader(codec)
+        # The batch's collections that _read_fast takes, read by one compiled call.
+        self._read_batch = fast_batch_reader(codec)
         if self._read_fast is None or self._read_registration_fast is None:
             log.warning("compiled_reader_unavailable")
         if not compiled_merge_available():  # every collection is added in Python (slower)
@@ -362,16 +376,54 @@ class LocatorProcess:
     # --- one batch ---------------------------------------------------------------------------
 
     def _read(self, messages: list[Message]) -> _Batch:
-        """Decode and validate a batch (main thread); invalid records become dead letters."""
+        """Decode and validate a batch (main thread); invalid records become dead letters.
+
+        The compiled reader takes the common case (collections it reads); the messages it
+        leaves go through ``_read_each`` as every message does without it."""
+        read_batch = self._read_batch
+        compiled = (
+            None if read_batch is None else read_batch(messages, self._config.topics.collections)
+        )
+        grouped: dict[str, list[RationCollection]] | None
+        if compiled is None:
+            next_offsets: dict[tuple[str, int], int] = {}
+            each = self._read_each(messages, range(len(messages)), next_offsets)
+            collections, grouped = each.collections, None
+        else:
+            collections, grouped, next_offsets, left = compiled
+            # It recorded the next offsets of the messages it left too.
+            each = self._read_each(messages, left, {})
+            if each.collections:  # the general path read some: all in arrival order
+                collections = _in_arrival_order(collections, left, each, len(messages))
+                grouped = None
+        # Grouping is pure work: done here, it overlaps the transaction in flight.
+        return _Batch(
+            len(messages),
+            each.registry,
+            by_member(collections) if grouped is None else grouped,
+            len(collections),
+            each.rejected,
+            next_offsets,
+            each.by_error,
+        )
+
+    def _read_each(
+        self,
+        messages: list[Message],
+        indices: Sequence[int],
+        next_offsets: dict[tuple[str, int], int],
+    ) -> _Read:
+        """The messages at ``indices``, one at a time."""
         registry: list[RegistryUpdate] = []
         collections: list[RationCollection] = []
+        positions: list[int] = []
         rejected: list[OutboxRow] = []
-        next_offsets: dict[tuple[str, int], int] = {}
         by_error: dict[str, int] = {}
         collections_topic, codec = self._config.topics.collections, self._codec
         read_fast, current_registration = self._read_fast, self._current_registration
         read_registration_fast = self._read_registration_fast
-        for message in messages:
+        for index in indices:
+            message = messages[index]
             error = message.error()
             if error is not None:
                 if _transient(error):  # librdkafka reconnects and rejoins by itself
@@ -386,6 +438,7 @@ class LocatorProcess:
                     collection = read_fast(message.value(), message.key())
                     if collection is not None:
                         collections.append(collection)
+                        positions.append(index)
                         next_offsets[(topic, partition)] = offset + 1
                         continue
             elif read_registration_fast is not None:
@@ -409,6 +462,7 @@ class LocatorProcess:
             try:
                 if topic == collections_topic:
                     collections.append(read_collection(codec, raw))
+                    positions.append(index)
                 else:
                     key = (raw.key or b"").decode("utf-8", errors="replace")
                     registration = read_registration(codec, raw)
@@ -432,16 +486,7 @@ class LocatorProcess:
                     error_class=problem.error_class,
                 )
             next_offsets[(topic, partition)] = offset + 1
-        # Grouping is pure work: done here, it overlaps the transaction in flight.
-        return _Batch(
-            len(messages),
-            registry,
-            by_member(collections),
-            len(collections),
-            rejected,
-            next_offsets,
-            by_error,
-        )
+        return _Read(registry, collections, positions, rejected, by_error)
 
     def _commit(self, batch: _Batch) -> dict[tuple[str, int], int]:
         """Apply a batch in one transaction, then publish its outbox (committer thread).
@@ -578,6 +623,24 @@ def _partitions(consumer: Consumer, topic: str) -> list[int]:
 
 def _transient(error: KafkaError) -> bool:
     return not error.fatal() and (error.retriable() or error.code() in _TRANSIENT_CODES)
+
+
+def _in_arrival_order(
+    compiled: list[RationCollection], left: list[int], each: _Read, messages: int
+) -> list[RationCollection]:
+    """The collections read in C (``compiled``, of the messages not in ``left``, in order) and
+    in Python (``each``), in the order of their messages."""
+    at = dict(zip(each.positions, each.collections, strict=True))
+    left_set = set(left)
+    taken = iter(compiled)
+    ordered: list[RationCollection] = []
+    for index in range(messages):
+        collection = at.get(index)
+        if collection is not None:
+            ordered.append(collection)
+        elif index not in left_set:
+            ordered.append(next(taken))
+    return ordered
 
 
 def _timestamp(message: Message) -> datetime:

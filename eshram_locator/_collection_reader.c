@@ -20,13 +20,27 @@
  * ASCII digits, equal to the key) is exempt from the digit-shape check, as from the Aadhaar
  * guard; a boolean byte other than 0 or 1, or any of the cases above, gives None.
  *
- * Frozen slotted dataclasses are filled through their slots' member descriptors, as their
- * generated __init__ does through object.__setattr__, without its per-field Python calls.
- * Equal shop locations and item lists are shared through caches keyed by their encoded bytes.
+ * read_collections() runs the locator's per-message loop (consumers/locator.py,
+ * LocatorProcess._read) for a consumed batch's common case: a collection message without an
+ * error that read() takes. It returns the collections in arrival order, grouped by member as
+ * eshram_locator.locating.by_member groups them (None where by_member must decide: a transaction
+ * id repeated with other bytes), the next offset of every partition as the loop records them
+ * (each message it does not skip or raise for, its offset + 1; keys in order of first arrival),
+ * and the indices of the messages it left to the loop (errors, the registry, what read() leaves,
+ * a message without topic, partition or offset). It returns None, having read nothing that
+ * counts, for a batch with a message of types it does not know (a topic not a str, an offset
+ * not an int or past 64 bits): the loop reads that batch whole.
+ *
+ * Frozen slotted dataclasses are filled slot by slot, as PyMember_SetOne fills them for their
+ * generated __init__ (through object.__setattr__), without its per-field Python calls.
+ * Equal shop locations and item lists are shared through caches keyed by their encoded bytes
+ * (tables of their own, see Table). Strings are checked eight bytes at a time.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <datetime.h>
+#include <structmember.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -35,24 +49,51 @@
 #define ITEM_FIELDS 3
 #define REGISTRATION_FIELDS 8
 #define MAX_ITEMS 100
-#define CACHE_LIMIT 200000
 #define MAX_MILLIS (INT64_C(1) << 42) /* 2109-05-15 */
+
+#if PY_VERSION_HEX < 0x030C0000
+#define TEXT_READY(text) PyUnicode_READY(text)
+#else
+#define TEXT_READY(text) 0 /* every str is ready */
+#endif
 
 typedef struct {
     PyTypeObject *type;
     PyObject *setters[COLLECTION_FIELDS]; /* member descriptors, in field order */
+    /* Where each slot is in an instance, to fill a new one as PyMember_SetOne would (-1: through
+       its descriptor). */
+    Py_ssize_t offsets[COLLECTION_FIELDS];
     int fields;
 } Shape;
+
+/* A table keyed by bytes (the caches of equal parts, a batch's transaction ids): open
+   addressing with linear probing of at most TABLE_PROBES entries. An entry that does not fit
+   is not added, so that a lookup never probes further, whatever the keys' hashes. */
+#define TABLE_PROBES 64
+#define TABLE_MIN 1024      /* entries */
+#define CACHE_MAX (1 << 19) /* entries: a cache that would be fuller than half is emptied */
+
+typedef struct {
+    uint64_t hash;
+    PyObject *key;   /* a reference: bytes, or an ASCII str; NULL: the entry is empty */
+    PyObject *value; /* a reference */
+} Entry;
+
+typedef struct {
+    Entry *entries; /* NULL: no entry yet */
+    size_t capacity, used;
+    int lost; /* a key was not added, or was dropped as the table grew */
+} Table;
 
 static struct {
     int configured;
     Shape collection, location, item, registration;
     PyObject *auth_modes;    /* tuple: enum index -> AuthMode */
     PyObject *portabilities; /* tuple: enum index -> Portability */
-    PyObject *epoch;         /* datetime(1970, 1, 1, tzinfo=UTC) */
+    PyObject *utc;           /* the tzinfo of the epoch, datetime(1970, 1, 1, tzinfo=UTC) */
     unsigned char states[256];
-    PyObject *locations; /* dict: encoded bytes -> Location */
-    PyObject *item_lists; /* dict: encoded bytes -> tuple of CollectionItem */
+    Table locations;  /* encoded bytes -> Location */
+    Table item_lists; /* encoded bytes -> tuple of CollectionItem */
 } reader;
 
 typedef struct {
@@ -96,8 +137,76 @@ static int digits_at(const unsigned char *s, Py_ssize_t count) {
     return 1;
 }
 
-/* A run of 12 digits, or dddd?dddd?dddd with each ? a space or a hyphen. */
+/* Eight bytes at once: nonzero unless each is printable ASCII (0x20-0x7e); *digits counts
+   those that are digits. No byte's sum below carries into the next one (each is at most
+   0x7f + 0x60). */
+#define ONES UINT64_C(0x0101010101010101)
+#define HIGHS UINT64_C(0x8080808080808080)
+
+/* Fewer than 8 bytes, as a word: byte j of s at bits 8j (as an 8-byte load puts them on a
+   little-endian machine), the others 'A' (printable, neither a digit nor a separator). */
+static uint64_t load_tail(const unsigned char *s, Py_ssize_t count) {
+    uint64_t word = 'A' * ONES;
+    for (Py_ssize_t j = 0; j < count; j++)
+        word = (word & ~(UINT64_C(0xFF) << (8 * j))) | ((uint64_t)s[j] << (8 * j));
+    return word;
+}
+
+/* The last count (< 8) bytes of a string at s, before end, as load_tail gives them. */
+static uint64_t load_last(const unsigned char *s, Py_ssize_t count, const unsigned char *end) {
+#if PY_LITTLE_ENDIAN
+    if (end - s >= 8) { /* the bytes after the string are in the buffer: one load */
+        uint64_t word, kept = (UINT64_C(1) << (8 * count)) - 1;
+        memcpy(&word, s, 8);
+        return (word & kept) | ('A' * ONES & ~kept);
+    }
+#endif
+    return load_tail(s, count);
+}
+
+static uint64_t check_word(uint64_t word, Py_ssize_t *digits) {
+    uint64_t low = word & ~HIGHS; /* each byte's low 7 bits */
+    uint64_t from_space = (low + (0x80 - 0x20) * ONES) & HIGHS;
+    uint64_t from_zero = (low + (0x80 - '0') * ONES) & HIGHS;
+    uint64_t past_nine = (low + (0x80 - '9' - 1) * ONES) & HIGHS;
+    uint64_t is_delete = (low + ONES) & HIGHS;
+    *digits += (Py_ssize_t)((((from_zero & ~past_nine) >> 7) * ONES) >> 56);
+    return (word & HIGHS) | (from_space ^ HIGHS) | is_delete;
+}
+
+/* Of a word of bytes below 0x80: 0x80 in each byte equal to c. */
+static uint64_t bytes_equal(uint64_t word, unsigned char c) {
+    uint64_t differ = word ^ (c * ONES);
+    return ~(((differ & ~HIGHS) + ~HIGHS) | differ) & HIGHS;
+}
+
+/* The top bits of the bytes of a word (0x80 or 0) as 8 bits, byte j at bit j. */
+static uint64_t byte_mask(uint64_t highs) {
+    return ((highs >> 7) * UINT64_C(0x0102040810204080)) >> 56;
+}
+
+/* A run of 12 digits, or dddd?dddd?dddd with each ? a space or a hyphen, in printable ASCII. */
 static int has_number_shape(const unsigned char *s, Py_ssize_t n) {
+#if PY_LITTLE_ENDIAN
+    if (n <= 64) { /* one bit a byte: a digit (in digits), a space or a hyphen (in separators) */
+        uint64_t digits = 0, separators = 0, word;
+        for (Py_ssize_t i = 0; i < n; i += 8) {
+            if (i + 8 <= n)
+                memcpy(&word, s + i, 8);
+            else
+                word = load_tail(s + i, n - i);
+            uint64_t from_zero = (word + (0x80 - '0') * ONES) & HIGHS; /* bytes below 0x7f */
+            uint64_t past_nine = (word + (0x80 - '9' - 1) * ONES) & HIGHS;
+            digits |= byte_mask(from_zero & ~past_nine) << i;
+            separators |= byte_mask(bytes_equal(word, ' ') | bytes_equal(word, '-')) << i;
+        }
+        uint64_t two = digits & (digits >> 1), four = two & (two >> 2); /* runs from each bit */
+        uint64_t twelve = four & (four >> 4) & (four >> 8);
+        uint64_t grouped =
+            four & (separators >> 4) & (four >> 5) & (separators >> 9) & (four >> 10);
+        return (twelve | grouped) != 0;
+    }
+#endif
     int run = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         run = is_digit(s[i]) ? run + 1 : 0;
@@ -112,26 +221,181 @@ static int has_number_shape(const unsigned char *s, Py_ssize_t n) {
     return 0;
 }
 
-/* A string of printable ASCII: its bytes and length. */
-static int read_ascii(Cursor *c, const unsigned char **text, Py_ssize_t *size) {
+/* A string of printable ASCII: its bytes and length, and how many of them are digits. */
+static int read_counting(Cursor *c, const unsigned char **text, Py_ssize_t *size,
+                         Py_ssize_t *digits) {
     int64_t length;
     if (read_long(c, &length) < 0 || length < 0 || length > c->end - c->at)
         return -1;
     const unsigned char *s = c->at;
-    for (int64_t i = 0; i < length; i++)
-        if (s[i] < 0x20 || s[i] > 0x7E)
-            return -1;
+    uint64_t outside = 0, word;
+    Py_ssize_t count = 0, i = 0;
+    for (; i + 8 <= length; i += 8) {
+        memcpy(&word, s + i, 8);
+        outside |= check_word(word, &count);
+    }
+    if (i < length)
+        outside |= check_word(load_last(s + i, length - i, c->end), &count);
+    if (outside)
+        return -1;
     c->at += length;
     *text = s;
     *size = (Py_ssize_t)length;
+    *digits = count;
     return 0;
 }
 
-/* A string of printable ASCII without a number shape. */
+/* A string of printable ASCII. */
+static int read_ascii(Cursor *c, const unsigned char **text, Py_ssize_t *size) {
+    Py_ssize_t digits;
+    return read_counting(c, text, size, &digits);
+}
+
+/* A string of printable ASCII without a number shape (which takes 12 digits). */
 static int read_text(Cursor *c, const unsigned char **text, Py_ssize_t *size) {
-    if (read_ascii(c, text, size) < 0)
+    Py_ssize_t digits;
+    if (read_counting(c, text, size, &digits) < 0)
         return -1;
-    return *size >= 12 && has_number_shape(*text, *size) ? -1 : 0;
+    return digits >= 12 && has_number_shape(*text, *size) ? -1 : 0;
+}
+
+/* --- tables keyed by bytes: the caches of equal parts, the batch's transaction ids --------- */
+
+static const unsigned char *key_data(PyObject *key, Py_ssize_t *size) {
+    if (PyBytes_CheckExact(key)) {
+        *size = PyBytes_GET_SIZE(key);
+        return (const unsigned char *)PyBytes_AS_STRING(key);
+    }
+    *size = PyUnicode_GET_LENGTH(key);
+    return PyUnicode_DATA(key);
+}
+
+/* s[0:n], where the buffer goes on to end. */
+static uint64_t hash_bytes(const unsigned char *s, Py_ssize_t n, const unsigned char *end) {
+    uint64_t hash = UINT64_C(0x9E3779B97F4A7C15) ^ (uint64_t)n, word;
+    Py_ssize_t i = 0;
+    for (;; i += 8) {
+        if (i + 8 <= n)
+            memcpy(&word, s + i, 8);
+        else if (i < n)
+            word = load_last(s + i, n - i, end);
+        else
+            break;
+        hash = (hash ^ word) * UINT64_C(0xBF58476D1CE4E5B9);
+        hash ^= hash >> 31;
+    }
+    hash *= UINT64_C(0x94D049BB133111EB);
+    return hash ^ (hash >> 29);
+}
+
+/* The entry of the key s[0:n]; NULL when it has none. */
+static Entry *table_find(Table *table, const unsigned char *s, Py_ssize_t n, uint64_t hash) {
+    if (table->entries == NULL)
+        return NULL;
+    size_t mask = table->capacity - 1;
+    for (size_t probe = 0; probe < TABLE_PROBES; probe++) {
+        Entry *entry = &table->entries[(hash + probe) & mask];
+        if (entry->key == NULL)
+            return NULL;
+        if (entry->hash != hash)
+            continue;
+        Py_ssize_t size;
+        const unsigned char *data = key_data(entry->key, &size);
+        if (size == n && memcmp(data, s, (size_t)n) == 0)
+            return entry;
+    }
+    return NULL;
+}
+
+static void table_clear(Table *table) {
+    for (size_t i = 0; table->entries != NULL && i < table->capacity; i++) {
+        Py_CLEAR(table->entries[i].key);
+        Py_CLEAR(table->entries[i].value);
+    }
+    table->used = 0;
+}
+
+static void table_free(Table *table) {
+    table_clear(table);
+    PyMem_Free(table->entries);
+    table->entries = NULL;
+    table->capacity = 0;
+}
+
+/* The empty entry for a new key of this hash, or NULL if none is within reach. */
+static Entry *table_slot(Table *table, uint64_t hash) {
+    size_t mask = table->capacity - 1;
+    for (size_t probe = 0; probe < TABLE_PROBES; probe++) {
+        Entry *entry = &table->entries[(hash + probe) & mask];
+        if (entry->key == NULL)
+            return entry;
+    }
+    return NULL;
+}
+
+/* An empty table for n keys (without growing). */
+static int table_reserve(Table *table, size_t n) {
+    size_t capacity = 16;
+    while (capacity < 2 * n)
+        capacity *= 2;
+    table->entries = PyMem_Calloc(capacity, sizeof(Entry));
+    if (table->entries == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    table->capacity = capacity;
+    return 0;
+}
+
+/* Room for one more entry: the table grows up to limit entries, then is emptied. */
+static int table_make_room(Table *table, size_t limit) {
+    if (table->entries != NULL && 2 * (table->used + 1) <= table->capacity)
+        return 0;
+    if (table->capacity >= limit) {
+        table_clear(table);
+        return 0;
+    }
+    size_t capacity = table->capacity ? 2 * table->capacity : TABLE_MIN;
+    Entry *entries = PyMem_Calloc(capacity, sizeof(Entry));
+    if (entries == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Table grown = {entries, capacity, 0, table->lost};
+    for (size_t i = 0; i < table->capacity; i++) {
+        Entry *old = &table->entries[i];
+        if (old->key == NULL)
+            continue;
+        Entry *entry = table_slot(&grown, old->hash);
+        if (entry == NULL) { /* out of reach in the larger table too: dropped */
+            grown.lost = 1;
+            Py_DECREF(old->key);
+            Py_DECREF(old->value);
+            continue;
+        }
+        *entry = *old;
+        grown.used++;
+    }
+    PyMem_Free(table->entries);
+    *table = grown;
+    return 0;
+}
+
+/* Adds key (a reference to it) -> value (a reference), when within reach: 1 if added, 0 if
+   not, -1 on a Python error. */
+static int table_add(Table *table, size_t limit, uint64_t hash, PyObject *key, PyObject *value) {
+    if (table_make_room(table, limit) < 0)
+        return -1;
+    Entry *entry = table_slot(table, hash);
+    if (entry == NULL) {
+        table->lost = 1;
+        return 0;
+    }
+    entry->hash = hash;
+    entry->key = Py_NewRef(key);
+    entry->value = Py_NewRef(value);
+    table->used++;
+    return 1;
 }
 
 static PyObject *text_object(const unsigned char *text, Py_ssize_t size) {
@@ -152,14 +416,17 @@ static int not_blank(const unsigned char *text, Py_ssize_t size) {
 
 /* Steals the references in values (also on failure). */
 static PyObject *build(Shape *shape, PyObject **values) {
-    PyObject *made = shape->type->tp_alloc(shape->type, 0);
+    PyObject *made = shape->type->tp_alloc(shape->type, 0); /* every slot NULL */
     int failed = made == NULL;
     for (int i = 0; i < shape->fields; i++) {
-        if (!failed && values[i] != NULL) {
+        failed = failed || values[i] == NULL;
+        if (!failed && shape->offsets[i] >= 0) {
+            *(PyObject **)((char *)made + shape->offsets[i]) = values[i];
+            continue;
+        }
+        if (!failed) {
             PyObject *setter = shape->setters[i];
             failed = Py_TYPE(setter)->tp_descr_set(setter, made, values[i]) < 0;
-        } else if (values[i] == NULL) {
-            failed = 1;
         }
         Py_XDECREF(values[i]);
     }
@@ -170,97 +437,90 @@ static PyObject *build(Shape *shape, PyObject **values) {
     return made;
 }
 
-static PyObject *optional_int(Cursor *c, int *defer) {
-    int64_t branch;
-    long value;
-    if (read_long(c, &branch) < 0 || (branch != 0 && branch != 1)) {
-        *defer = 1;
-        return NULL;
-    }
-    if (branch == 0)
-        Py_RETURN_NONE;
-    if (read_int(c, &value) < 0) {
-        *defer = 1;
-        return NULL;
-    }
-    return PyLong_FromLong(value);
+/* The cached object of the encoded bytes from start to c->at, new reference (NULL: none). */
+static PyObject *cached(Table *cache, const unsigned char *start, Cursor *c, uint64_t *hash) {
+    *hash = hash_bytes(start, c->at - start, c->end);
+    Entry *entry = table_find(cache, start, c->at - start, *hash);
+    return entry == NULL ? NULL : Py_NewRef(entry->value);
 }
 
-static void clear_if_full(PyObject *cache) {
-    if (PyDict_GET_SIZE(cache) >= CACHE_LIMIT)
-        PyDict_Clear(cache);
+/* Caches made for the encoded bytes from start to c->at. Returns made (a reference), or NULL
+   (made released) on a Python error. */
+static PyObject *cache(Table *cache, const unsigned char *start, Cursor *c, uint64_t hash,
+                       PyObject *made) {
+    PyObject *key = PyBytes_FromStringAndSize((const char *)start, c->at - start);
+    if (key == NULL || table_add(cache, CACHE_MAX, hash, key, made) < 0)
+        Py_CLEAR(made);
+    Py_XDECREF(key);
+    return made;
+}
+
+/* An optional int: 0 (*present 0 for None), or -1 for the general path. */
+static int read_optional_int(Cursor *c, int *present, long *value) {
+    int64_t branch;
+    if (read_long(c, &branch) < 0 || (branch != 0 && branch != 1))
+        return -1;
+    *present = branch == 1;
+    return *present ? read_int(c, value) : 0;
+}
+
+static PyObject *int_or_none(int present, long value) {
+    return present ? PyLong_FromLong(value) : Py_NewRef(Py_None);
 }
 
 /* Location: a cached instance for the same encoded bytes. New reference; NULL with *defer set
    for the general path, NULL without it on a Python error. */
 static PyObject *read_location(Cursor *c, int *defer) {
     const unsigned char *start = c->at;
-    long state, district;
-    if (read_int(c, &state) < 0 || read_int(c, &district) < 0 || state < 0 || state > 255 ||
-        !reader.states[state] || district <= 0) {
-        *defer = 1;
-        return NULL;
-    }
-    PyObject *values[LOCATION_FIELDS] = {NULL};
-    values[2] = optional_int(c, defer);
-    if (values[2] != NULL)
-        values[3] = optional_int(c, defer);
+    long state, district, subdistrict = 0, village = 0;
+    int has_subdistrict = 0, has_village = 0;
     int64_t branch = -1;
     const unsigned char *text = NULL;
     Py_ssize_t size = 0;
-    if (values[3] == NULL || read_long(c, &branch) < 0 || (branch != 0 && branch != 1) ||
-        (branch == 1 && read_text(c, &text, &size) < 0)) {
-        if (!PyErr_Occurred())
-            *defer = 1;
-        Py_XDECREF(values[2]);
-        Py_XDECREF(values[3]);
-        return NULL;
-    }
-    PyObject *key = PyBytes_FromStringAndSize((const char *)start, c->at - start);
-    if (key == NULL) {
-        Py_DECREF(values[2]);
-        Py_DECREF(values[3]);
-        return NULL;
-    }
-    PyObject *found = PyDict_GetItemWithError(reader.locations, key);
-    if (found != NULL || PyErr_Occurred()) {
-        Py_XINCREF(found);
-        Py_DECREF(key);
-        Py_DECREF(values[2]);
-        Py_DECREF(values[3]);
-        return found;
-    }
-    values[0] = PyLong_FromLong(state);
-    values[1] = PyLong_FromLong(district);
-    if (branch == 1) {
-        values[4] = text_object(text, size);
-    } else {
-        values[4] = Py_NewRef(Py_None);
-    }
-    PyObject *location = build(&reader.location, values);
-    if (location != NULL) {
-        clear_if_full(reader.locations);
-        if (PyDict_SetItem(reader.locations, key, location) < 0)
-            Py_CLEAR(location);
-    }
-    Py_DECREF(key);
-    return location;
-}
-
-/* One item; NULL with *defer set, or on a Python error. */
-static PyObject *read_item(Cursor *c, int *defer) {
-    const unsigned char *commodity, *scheme;
-    Py_ssize_t commodity_size, scheme_size;
-    long quantity;
-    if (read_text(c, &commodity, &commodity_size) < 0 || read_text(c, &scheme, &scheme_size) < 0 ||
-        read_int(c, &quantity) < 0 || quantity < 0) {
+    if (read_int(c, &state) < 0 || read_int(c, &district) < 0 || state < 0 || state > 255 ||
+        !reader.states[state] || district <= 0 ||
+        read_optional_int(c, &has_subdistrict, &subdistrict) < 0 ||
+        read_optional_int(c, &has_village, &village) < 0 || read_long(c, &branch) < 0 ||
+        (branch != 0 && branch != 1) || (branch == 1 && read_text(c, &text, &size) < 0)) {
         *defer = 1;
         return NULL;
     }
+    uint64_t hash;
+    PyObject *found = cached(&reader.locations, start, c, &hash);
+    if (found != NULL)
+        return found;
+    PyObject *values[LOCATION_FIELDS] = {
+        PyLong_FromLong(state),
+        PyLong_FromLong(district),
+        int_or_none(has_subdistrict, subdistrict),
+        int_or_none(has_village, village),
+        branch == 1 ? text_object(text, size) : Py_NewRef(Py_None),
+    };
+    PyObject *location = build(&reader.location, values);
+    return location == NULL ? NULL : cache(&reader.locations, start, c, hash, location);
+}
+
+/* A string the first pass of read_items checked. */
+static const unsigned char *skip_checked(Cursor *c, Py_ssize_t *size) {
+    int64_t length;
+    read_long(c, &length);
+    const unsigned char *text = c->at;
+    c->at += length;
+    *size = (Py_ssize_t)length;
+    return text;
+}
+
+/* One item the first pass of read_items checked; NULL on a Python error. */
+static PyObject *read_checked_item(Cursor *c) {
+    Py_ssize_t commodity_size, scheme_size;
+    const unsigned char *commodity = skip_checked(c, &commodity_size);
+    const unsigned char *scheme = skip_checked(c, &scheme_size);
+    int64_t quantity;
+    read_long(c, &quantity);
     PyObject *values[ITEM_FIELDS] = {
         text_object(commodity, commodity_size),
         text_object(scheme, scheme_size),
-        PyLong_FromLong(quantity),
+        PyLong_FromLong((long)quantity),
     };
     return build(&reader.item, values);
 }
@@ -302,21 +562,15 @@ static PyObject *read_items(Cursor *c, int *defer) {
             }
         }
     }
-    PyObject *key = PyBytes_FromStringAndSize((const char *)start, scan.at - start);
-    if (key == NULL)
-        return NULL;
-    PyObject *found = PyDict_GetItemWithError(reader.item_lists, key);
-    if (found != NULL || PyErr_Occurred()) {
-        Py_XINCREF(found);
-        Py_DECREF(key);
+    uint64_t hash;
+    PyObject *found = cached(&reader.item_lists, start, &scan, &hash);
+    if (found != NULL) {
         c->at = scan.at;
         return found;
     }
     PyObject *items = PyTuple_New((Py_ssize_t)total);
-    if (items == NULL) {
-        Py_DECREF(key);
+    if (items == NULL)
         return NULL;
-    }
     Py_ssize_t filled = 0;
     for (;;) {
         int64_t count, bytes;
@@ -328,20 +582,15 @@ static PyObject *read_items(Cursor *c, int *defer) {
             count = -count;
         }
         for (int64_t i = 0; i < count; i++) {
-            PyObject *item = read_item(c, defer);
+            PyObject *item = read_checked_item(c);
             if (item == NULL) {
                 Py_DECREF(items);
-                Py_DECREF(key);
                 return NULL;
             }
             PyTuple_SET_ITEM(items, filled++, item);
         }
     }
-    clear_if_full(reader.item_lists);
-    if (PyDict_SetItem(reader.item_lists, key, items) < 0)
-        Py_CLEAR(items);
-    Py_DECREF(key);
-    return items;
+    return cache(&reader.item_lists, start, c, hash, items);
 }
 
 static int valid_month(const unsigned char *s, Py_ssize_t size) {
@@ -353,15 +602,22 @@ static int valid_month(const unsigned char *s, Py_ssize_t size) {
     return month >= 1 && month <= 12;
 }
 
+/* millis in [0, MAX_MILLIS): the datetime fastavro makes (epoch + timedelta(microseconds=millis
+   * 1000), which is UTC's), made at once: the date from the days since 1970-01-01 by H. Hinnant's
+   civil_from_days. */
 static PyObject *timestamp(int64_t millis) {
-    /* fastavro: epoch + timedelta(microseconds=millis * 1000) */
     int64_t days = millis / 86400000, rest = millis % 86400000;
-    PyObject *delta = PyDelta_FromDSU((int)days, (int)(rest / 1000), (int)(rest % 1000) * 1000);
-    if (delta == NULL)
-        return NULL;
-    PyObject *instant = PyNumber_Add(reader.epoch, delta);
-    Py_DECREF(delta);
-    return instant;
+    int64_t z = days + 719468; /* days since 0000-03-01 */
+    int64_t era = z / 146097, of_era = z % 146097;
+    int64_t year_of_era = (of_era - of_era / 1460 + of_era / 36524 - of_era / 146096) / 365;
+    int64_t of_year = of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    int64_t shifted = (5 * of_year + 2) / 153; /* month, March = 0 */
+    int day = (int)(of_year - (153 * shifted + 2) / 5 + 1);
+    int month = (int)(shifted < 10 ? shifted + 3 : shifted - 9);
+    int year = (int)(year_of_era + era * 400 + (month <= 2));
+    return PyDateTimeAPI->DateTime_FromDateAndTime(
+        year, month, day, (int)(rest / 3600000), (int)(rest / 60000 % 60), (int)(rest / 1000 % 60),
+        (int)(rest % 1000) * 1000, reader.utc, PyDateTimeAPI->DateTimeType);
 }
 
 /* --- WorkerRegistration ------------------------------------------------------------------- */
@@ -432,8 +688,16 @@ static PyObject *decode_registration(const unsigned char *body, Py_ssize_t size,
 
 typedef PyObject *(*Decoder)(const unsigned char *, Py_ssize_t, const char *, Py_ssize_t);
 
-static PyObject *decode_collection(const unsigned char *body, Py_ssize_t size, const char *key,
-                        Py_ssize_t key_size) {
+/* The fields read_collections() groups and compares by, borrowed from the collection. */
+typedef struct {
+    PyObject *transaction, *member;
+    const unsigned char *transaction_text; /* in the payload, up to end */
+    Py_ssize_t transaction_size;
+    const unsigned char *end;
+} Parts;
+
+static PyObject *collection_of(const unsigned char *body, Py_ssize_t size, const char *key,
+                               Py_ssize_t key_size, Parts *parts) {
     Cursor c = {body, body + size};
     const unsigned char *transaction, *source, *card, *member, *fps, *month;
     Py_ssize_t transaction_size, source_size, card_size, member_size, fps_size, month_size;
@@ -484,7 +748,19 @@ static PyObject *decode_collection(const unsigned char *body, Py_ssize_t size, c
         timestamp(millis),
         items,
     };
+    if (parts != NULL) { /* build() keeps them in the collection, or fails */
+        parts->transaction = values[0];
+        parts->member = values[3];
+        parts->transaction_text = transaction;
+        parts->transaction_size = transaction_size;
+        parts->end = c.end;
+    }
     return build(&reader.collection, values);
+}
+
+static PyObject *decode_collection(const unsigned char *body, Py_ssize_t size, const char *key,
+                                   Py_ssize_t key_size) {
+    return collection_of(body, size, key, key_size, NULL);
 }
 
 static PyObject *framed(PyObject *const *args, Py_ssize_t nargs, Decoder decoder) {
@@ -524,6 +800,320 @@ static PyObject *read_registration(PyObject *module, PyObject *const *args, Py_s
     return framed(args, nargs, decode_registration);
 }
 
+/* --- read_collections(header, messages, collections_topic): a consumed batch -------------- */
+
+/* The Message methods read_collections() calls, interned at import. */
+enum { ERROR, TOPIC, PARTITION, OFFSET, VALUE, KEY, METHODS };
+static const char *const method_names[METHODS] = {"error",  "topic", "partition",
+                                                   "offset", "value", "key"};
+static PyObject *methods_interned[METHODS];
+
+/* The methods of the batch's messages' type: the C functions of those that are plain methods
+   without arguments (confluent_kafka.Message's), which are called as Python would call them. */
+typedef struct {
+    PyTypeObject *type;             /* a reference; NULL before the first message */
+    PyObject *methods[METHODS];     /* references: what the type has under those names */
+    PyCFunction functions[METHODS]; /* NULL: called as any method */
+} Methods;
+
+static void methods_release(Methods *methods) {
+    Py_CLEAR(methods->type);
+    for (int i = 0; i < METHODS; i++)
+        Py_CLEAR(methods->methods[i]);
+}
+
+static void methods_of(Methods *methods, PyTypeObject *type) {
+    methods_release(methods);
+    methods->type = (PyTypeObject *)Py_NewRef(type);
+    for (int i = 0; i < METHODS; i++) {
+        /* An instance attribute would come first: no such type is taken. */
+        PyObject *found = type->tp_dictoffset == 0
+                              ? PyObject_GetAttr((PyObject *)type, methods_interned[i])
+                              : NULL;
+        if (found == NULL)
+            PyErr_Clear(); /* the call as any method raises what it raises */
+        methods->methods[i] = found;
+        methods->functions[i] =
+            found != NULL && Py_IS_TYPE(found, &PyMethodDescr_Type) &&
+                    ((PyMethodDescrObject *)found)->d_method->ml_flags == METH_NOARGS
+                ? ((PyMethodDescrObject *)found)->d_method->ml_meth
+                : NULL;
+    }
+}
+
+static PyObject *call(Methods *methods, PyObject *message, int method) {
+    if (Py_TYPE(message) != methods->type)
+        methods_of(methods, Py_TYPE(message));
+    PyCFunction function = methods->functions[method];
+    return function != NULL ? function(message, NULL)
+                            : PyObject_CallMethodNoArgs(message, methods_interned[method]);
+}
+
+/* Equal str objects (ready, as every str is once made by the C API). */
+static int same_text(PyObject *a, PyObject *b) {
+    if (a == b)
+        return 1;
+    Py_ssize_t length = PyUnicode_GET_LENGTH(a);
+    int kind = PyUnicode_KIND(a);
+    return length == PyUnicode_GET_LENGTH(b) && kind == PyUnicode_KIND(b) &&
+           memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)(length * kind)) == 0;
+}
+
+/* A partition of the batch: the offset after its last message so far. */
+typedef struct {
+    PyObject *topic, *partition; /* of its first message */
+    long long number, next;
+    int on_collections; /* topic is collections_topic */
+} Partition;
+
+typedef struct {
+    PyObject *header, *collections_topic; /* borrowed: the arguments */
+    PyObject *collections;                /* list, in arrival order */
+    PyObject *grouped; /* dict: member_ref -> list; NULL once by_member must decide */
+    Table seen;        /* transaction_id -> the payload that read as it */
+    PyObject *leftovers; /* list of the indices of the messages left to Python */
+    Methods methods;
+    /* In order of first arrival, which is the order of next_offsets' keys. */
+    Partition *partitions;
+    Py_ssize_t count, capacity, last; /* last: the previous message's */
+} Batch;
+
+/* The batch's entry for the partition (a handful per batch: a linear search, which starts at
+   the previous message's, as librdkafka hands out a partition's messages together). */
+static Partition *partition_of(Batch *b, PyObject *topic, PyObject *partition, long long number) {
+    if (b->count > 0) {
+        Partition *last = &b->partitions[b->last];
+        if (last->number == number && same_text(last->topic, topic))
+            return last;
+        for (Py_ssize_t i = 0; i < b->count; i++) {
+            Partition *known = &b->partitions[i];
+            if (known->number == number && same_text(known->topic, topic)) {
+                b->last = i;
+                return known;
+            }
+        }
+    }
+    if (b->count == b->capacity) {
+        Py_ssize_t capacity = b->capacity ? 2 * b->capacity : 16;
+        Partition *grown = PyMem_Realloc(b->partitions, (size_t)capacity * sizeof(Partition));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        b->partitions = grown;
+        b->capacity = capacity;
+    }
+    Partition *added = &b->partitions[b->count];
+    added->topic = Py_NewRef(topic);
+    added->partition = Py_NewRef(partition);
+    added->number = number;
+    added->on_collections = same_text(topic, b->collections_topic);
+    b->last = b->count++;
+    return added;
+}
+
+/* next_offsets: {(topic, partition): next offset}, in order of first arrival. */
+static PyObject *next_offsets(Batch *b) {
+    PyObject *offsets = PyDict_New();
+    for (Py_ssize_t i = 0; offsets != NULL && i < b->count; i++) {
+        Partition *known = &b->partitions[i];
+        PyObject *key = PyTuple_Pack(2, known->topic, known->partition);
+        PyObject *next = key == NULL ? NULL : PyLong_FromLongLong(known->next);
+        if (next == NULL || PyDict_SetItem(offsets, key, next) < 0)
+            Py_CLEAR(offsets);
+        Py_XDECREF(key);
+        Py_XDECREF(next);
+    }
+    return offsets;
+}
+
+/* As by_member groups: a transaction id seen before with the same bytes is the same record,
+   which by_member keeps once (the first; equal contents); any other repeat leaves the grouping
+   to by_member (grouped NULL). */
+static int group(Batch *b, PyObject *collection, Parts *parts, PyObject *payload) {
+    uint64_t hash = hash_bytes(parts->transaction_text, parts->transaction_size, parts->end);
+    Entry *first =
+        table_find(&b->seen, parts->transaction_text, parts->transaction_size, hash);
+    if (first != NULL) {
+        PyObject *before = first->value;
+        if (before != payload &&
+            (PyBytes_GET_SIZE(before) != PyBytes_GET_SIZE(payload) ||
+             memcmp(PyBytes_AS_STRING(before), PyBytes_AS_STRING(payload),
+                    (size_t)PyBytes_GET_SIZE(payload)) != 0))
+            Py_CLEAR(b->grouped);
+        return 0;
+    }
+    if (table_add(&b->seen, (size_t)-1, hash, parts->transaction, payload) < 0)
+        return -1;
+    if (b->seen.lost) { /* a transaction id it may not find again */
+        Py_CLEAR(b->grouped);
+        return 0;
+    }
+    PyObject *list = PyDict_GetItemWithError(b->grouped, parts->member);
+    if (list != NULL)
+        return PyList_Append(list, collection);
+    if (PyErr_Occurred() || (list = PyList_New(1)) == NULL)
+        return -1;
+    PyList_SET_ITEM(list, 0, Py_NewRef(collection));
+    int failed = PyDict_SetItem(b->grouped, parts->member, list);
+    Py_DECREF(list);
+    return failed;
+}
+
+enum { TAKEN, LEFT, WHOLE_BATCH, FAILED };
+
+/* One message: TAKEN (a collection read here), LEFT (to Python's loop), WHOLE_BATCH (a
+   message this function cannot tell what Python would do with: Python reads the whole batch),
+   FAILED (a Python error). */
+static int read_message(Batch *b, PyObject *message) {
+    PyObject *error = call(&b->methods, message, ERROR);
+    if (error == NULL)
+        return FAILED;
+    int has_error = error != Py_None;
+    Py_DECREF(error);
+    if (has_error)
+        return LEFT; /* logged and skipped, or raised, in Python */
+    int outcome = FAILED;
+    PyObject *topic = NULL, *partition = NULL, *offset = NULL, *payload = NULL, *key = NULL;
+    Methods *methods = &b->methods;
+    if ((topic = call(methods, message, TOPIC)) == NULL ||
+        (partition = call(methods, message, PARTITION)) == NULL ||
+        (offset = call(methods, message, OFFSET)) == NULL)
+        goto done;
+    if (topic == Py_None || partition == Py_None || offset == Py_None) {
+        outcome = LEFT; /* Python raises */
+        goto done;
+    }
+    if (!PyUnicode_CheckExact(topic) || !PyLong_CheckExact(partition) ||
+        !PyLong_CheckExact(offset) || TEXT_READY(topic) < 0) {
+        outcome = PyErr_Occurred() ? FAILED : WHOLE_BATCH;
+        goto done;
+    }
+    long long partition_value = PyLong_AsLongLong(partition);
+    long long offset_value = PyLong_AsLongLong(offset);
+    if ((partition_value == -1 || offset_value == -1) && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            outcome = WHOLE_BATCH;
+        }
+        goto done;
+    }
+    if (offset_value == LLONG_MAX) {
+        outcome = WHOLE_BATCH;
+        goto done;
+    }
+    /* Python records offset + 1 for every message it does not skip or raise for. */
+    Partition *at = partition_of(b, topic, partition, partition_value);
+    if (at == NULL)
+        goto done;
+    at->next = offset_value + 1;
+    outcome = LEFT;
+    if (!at->on_collections)
+        goto done;
+    outcome = FAILED;
+    if ((payload = call(methods, message, VALUE)) == NULL ||
+        (key = call(methods, message, KEY)) == NULL)
+        goto done;
+    outcome = LEFT; /* what read() returns None for, or raises for (a key not bytes) */
+    Py_ssize_t header_size = PyBytes_GET_SIZE(b->header);
+    if (!PyBytes_CheckExact(payload) || !PyBytes_CheckExact(key) ||
+        PyBytes_GET_SIZE(payload) < header_size ||
+        memcmp(PyBytes_AS_STRING(payload), PyBytes_AS_STRING(b->header), (size_t)header_size) != 0)
+        goto done;
+    Parts parts;
+    PyObject *collection = collection_of(
+        (const unsigned char *)PyBytes_AS_STRING(payload) + header_size,
+        PyBytes_GET_SIZE(payload) - header_size, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+        &parts);
+    if (collection == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError))
+            PyErr_Clear(); /* as read(): the general path decides */
+        else
+            outcome = FAILED;
+        goto done;
+    }
+    if (collection == Py_None) {
+        Py_DECREF(collection);
+        goto done;
+    }
+    outcome = PyList_Append(b->collections, collection) < 0 ||
+                      (b->grouped != NULL && group(b, collection, &parts, payload) < 0)
+                  ? FAILED
+                  : TAKEN;
+    Py_DECREF(collection);
+done:
+    Py_XDECREF(topic);
+    Py_XDECREF(partition);
+    Py_XDECREF(offset);
+    Py_XDECREF(payload);
+    Py_XDECREF(key);
+    return outcome;
+}
+
+static PyObject *read_collections(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError,
+                        "read_collections takes 3 arguments: header, messages, collections_topic");
+        return NULL;
+    }
+    if (!reader.configured) {
+        PyErr_SetString(PyExc_RuntimeError, "the collection reader is not configured");
+        return NULL;
+    }
+    PyObject *messages = args[1];
+    if (!PyBytes_CheckExact(args[0]) || !PyList_Check(messages) || !PyUnicode_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "header must be bytes, messages a list and collections_topic a str");
+        return NULL;
+    }
+    if (TEXT_READY(args[2]) < 0)
+        return NULL;
+    Batch b = {
+        .header = args[0],
+        .collections_topic = args[2],
+        .collections = PyList_New(0),
+        .grouped = PyDict_New(),
+        .leftovers = PyList_New(0),
+    };
+    PyObject *result = NULL, *offsets = NULL;
+    int outcome = b.collections && b.grouped && b.leftovers &&
+                          table_reserve(&b.seen, (size_t)PyList_GET_SIZE(messages)) == 0
+                      ? TAKEN
+                      : FAILED;
+    /* The size is read again at each step: a message's methods may be Python code. */
+    for (Py_ssize_t i = 0; outcome != FAILED && outcome != WHOLE_BATCH &&
+                           i < PyList_GET_SIZE(messages);
+         i++) {
+        PyObject *message = Py_NewRef(PyList_GET_ITEM(messages, i));
+        outcome = read_message(&b, message);
+        Py_DECREF(message);
+        if (outcome == LEFT) {
+            PyObject *index = PyLong_FromSsize_t(i);
+            if (index == NULL || PyList_Append(b.leftovers, index) < 0)
+                outcome = FAILED;
+            Py_XDECREF(index);
+        }
+    }
+    if (outcome == WHOLE_BATCH) {
+        result = Py_NewRef(Py_None);
+    } else if (outcome != FAILED && (offsets = next_offsets(&b)) != NULL) {
+        result = PyTuple_Pack(4, b.collections, b.grouped ? b.grouped : Py_None, offsets,
+                              b.leftovers);
+        Py_DECREF(offsets);
+    }
+    for (Py_ssize_t i = 0; i < b.count; i++) {
+        Py_DECREF(b.partitions[i].topic);
+        Py_DECREF(b.partitions[i].partition);
+    }
+    PyMem_Free(b.partitions);
+    methods_release(&b.methods);
+    Py_XDECREF(b.collections);
+    Py_XDECREF(b.grouped);
+    table_free(&b.seen);
+    Py_XDECREF(b.leftovers);
+    return result;
+}
+
 /* --- configure(...) ----------------------------------------------------------------------- */
 
 static int shape_of(Shape *shape, PyObject *type, PyObject *names, int expected) {
@@ -540,6 +1130,15 @@ static int shape_of(Shape *shape, PyObject *type, PyObject *names, int expected)
             PyErr_SetString(PyExc_TypeError, "a field is not a slot of its class");
             return -1;
         }
+        PyMemberDef *member = Py_IS_TYPE(setter, &PyMemberDescr_Type)
+                                  ? ((PyMemberDescrObject *)setter)->d_member
+                                  : NULL;
+        shape->offsets[i] = member != NULL && member->type == T_OBJECT_EX &&
+                                    !(member->flags & READONLY) &&
+                                    ((PyMemberDescrObject *)setter)->d_common.d_type ==
+                                        (PyTypeObject *)type
+                                ? member->offset
+                                : -1;
         Py_XSETREF(shape->setters[i], setter);
     }
     Py_INCREF(type);
@@ -564,8 +1163,13 @@ static PyObject *configure(PyObject *module, PyObject *args) {
         shape_of(&reader.registration, registration, registration_fields, REGISTRATION_FIELDS) <
             0)
         return NULL;
-    if (!PyDateTime_Check(epoch)) {
-        PyErr_SetString(PyExc_TypeError, "epoch must be a datetime");
+    if (!PyDateTime_CheckExact(epoch) || PyDateTime_GET_YEAR(epoch) != 1970 ||
+        PyDateTime_GET_MONTH(epoch) != 1 || PyDateTime_GET_DAY(epoch) != 1 ||
+        PyDateTime_DATE_GET_HOUR(epoch) != 0 || PyDateTime_DATE_GET_MINUTE(epoch) != 0 ||
+        PyDateTime_DATE_GET_SECOND(epoch) != 0 || PyDateTime_DATE_GET_MICROSECOND(epoch) != 0 ||
+        PyDateTime_DATE_GET_FOLD(epoch) != 0 ||
+        PyDateTime_DATE_GET_TZINFO(epoch) == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "epoch must be datetime(1970, 1, 1, tzinfo=UTC)");
         return NULL;
     }
     PyObject *iterator = PyObject_GetIter(states);
@@ -586,11 +1190,9 @@ static PyObject *configure(PyObject *module, PyObject *args) {
         return NULL;
     Py_XSETREF(reader.auth_modes, Py_NewRef(auth_modes));
     Py_XSETREF(reader.portabilities, Py_NewRef(portabilities));
-    Py_XSETREF(reader.epoch, Py_NewRef(epoch));
-    Py_XSETREF(reader.locations, PyDict_New());
-    Py_XSETREF(reader.item_lists, PyDict_New());
-    if (reader.locations == NULL || reader.item_lists == NULL)
-        return NULL;
+    Py_XSETREF(reader.utc, Py_NewRef(PyDateTime_DATE_GET_TZINFO(epoch)));
+    table_free(&reader.locations);
+    table_free(&reader.item_lists);
     reader.configured = 1;
     Py_RETURN_NONE;
 }
@@ -600,6 +1202,9 @@ static PyMethodDef methods[] = {
      "read(header, payload, key) -> RationCollection | None"},
     {"read_registration", (PyCFunction)(void (*)(void))read_registration, METH_FASTCALL,
      "read_registration(header, payload, key) -> WorkerRegistration | None"},
+    {"read_collections", (PyCFunction)(void (*)(void))read_collections, METH_FASTCALL,
+     "read_collections(header, messages, collections_topic) -> (collections, by member or None, "
+     "next offsets, indices left) | None"},
     {"configure", configure, METH_VARARGS, "Set the domain classes and tables read() uses."},
     {NULL, NULL, 0, NULL},
 };
@@ -614,5 +1219,9 @@ PyMODINIT_FUNC PyInit__collection_reader(void) {
     PyDateTime_IMPORT;
     if (PyDateTimeAPI == NULL)
         return NULL;
+    for (int i = 0; i < METHODS; i++)
+        if (methods_interned[i] == NULL &&
+            (methods_interned[i] = PyUnicode_InternFromString(method_names[i])) == NULL)
+            return NULL;
     return PyModule_Create(&module_def);
 }

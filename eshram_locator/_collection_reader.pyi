@@ -2,12 +2,25 @@
 from collections.abc import Iterable
 from datetime import datetime
 
+from confluent_kafka import Message
+
 from eshram_locator.domain.model import RationCollection, WorkerRegistration
 
 def read(header: bytes, payload: bytes | None, key: bytes | None, /) -> RationCollection | None: ...
 def read_registration(
     header: bytes, payload: bytes | None, key: bytes | None, /
 ) -> WorkerRegistration | None: ...
+def read_collections(
+    header: bytes, messages: list[Message], collections_topic: str, /
+) -> (
+    tuple[
+        list[RationCollection],
+        dict[str, list[RationCollection]] | None,
+        dict[tuple[str, int], int],
+        list[int],
+    ]
+    | None
+): ...
 def configure(
     collection: type,
     collection_fields: tuple[str, ...],

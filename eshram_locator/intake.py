@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from eshram_locator import topics
 from eshram_locator.avro_codec import AvroCodec, single_object_header
@@ -31,6 +31,9 @@ from eshram_locator.errors import PermanentRecordError, RawAadhaarError, Validat
 from eshram_locator.geography import STATES_BY_LGD
 from eshram_locator.postgres.store import OutboxRow
 from eshram_locator.records import ration_collection_from_avro, worker_registration_from_avro
+
+if TYPE_CHECKING:
+    from confluent_kafka import Message
 
 RATION_COLLECTION = "RationCollection"
 WORKER_REGISTRATION = "WorkerRegistration"
@@ -92,6 +95,13 @@ COMPILED_SCHEMAS: Final = {
 
 FastCollectionRead = Callable[[bytes | None, bytes | None], RationCollection | None]
 FastRegistrationRead = Callable[[bytes | None, bytes | None], WorkerRegistration | None]
+CompiledBatch = tuple[
+    list[RationCollection],
+    dict[str, list[RationCollection]] | None,
+    dict[tuple[str, int], int],
+    list[int],
+]
+FastBatchRead = Callable[["list[Message]", str], CompiledBatch | None]
 
 
 def fast_collection_reader(codec: AvroCodec) -> FastCollectionRead | None:
@@ -110,6 +120,28 @@ def fast_registration_reader(codec: AvroCodec) -> FastRegistrationRead | None:
     """As ``fast_collection_reader``, for ``read_registration`` (None for a tombstone too)."""
     header = _compiled_header(codec, WORKER_REGISTRATION)
     return None if header is None else partial(_collection_reader.read_registration, header)
+
+
+def fast_batch_reader(codec: AvroCodec) -> FastBatchRead | None:
+    """``read(messages, collections_topic)``: the locator's per-message loop, compiled, for a
+    consumed batch's collections that ``fast_collection_reader`` reads. It returns
+    ``(collections, grouped, next_offsets, left)``:
+
+    - ``collections``: those it read, in arrival order;
+    - ``grouped``: the same as ``locating.by_member(collections)`` returns, or None where
+      ``by_member`` must decide (a transaction id seen twice with different bytes);
+    - ``next_offsets``: for every partition, the offset after its last message that has no
+      error and has a topic, partition and offset (left ones too), keys in order of first
+      arrival;
+    - ``left``: the indices of the messages it left to the caller: errors, other topics, what
+      ``fast_collection_reader`` leaves, messages without topic, partition or offset.
+
+    Or None, for a batch with a message whose topic, partition or offset is of another type
+    than Kafka gives: the caller reads it whole. None (the function) as for
+    ``fast_collection_reader``.
+    """
+    header = _compiled_header(codec, RATION_COLLECTION)
+    return None if header is None else partial(_collection_reader.read_collections, header)
 
 
 def _compiled_header(codec: AvroCodec, record: str) -> bytes | None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import random
+import re
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -491,3 +493,105 @@ def test_what_the_general_path_must_decide_about_a_registration_is_left_to_it() 
 
 def epoch_millis(registration: WorkerRegistration) -> int:
     return (registration.updated_at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+
+# --- the word-at-a-time checks, the timestamps and the caches -------------------------------
+
+
+def with_text(field: str, text: str) -> tuple[bytes, int]:
+    """The record with ``text`` in ``field`` (fps_id, or an item's scheme: the record's last
+    bytes), and where the text starts in it."""
+    datum = ration_collection_to_avro(COLLECTION)
+    if field == "scheme":
+        datum["items"] = [{"commodity": "R", "scheme": text, "quantity_grams": 1}]
+    else:
+        datum[field] = text
+    value = encode(datum)
+    return value, value.rindex(text.encode())
+
+
+@pytest.mark.parametrize("field", ["fps_id", "scheme"])
+def test_each_byte_anywhere_in_a_string_is_checked(field: str) -> None:
+    """Printable ASCII (0x20-0x7e) is read; any other byte leaves the record to the general
+    path, at any place in strings of any length (eight bytes are checked at once)."""
+    read = compiled()
+    key = COLLECTION.member_ref.encode()
+    for length in range(1, 26):
+        value, at = with_text(field, "Q" * length)
+        for position in range(length):
+            patched = bytearray(value)
+            for byte in range(256):
+                patched[at + position] = byte
+                made = read(bytes(patched), key)
+                if 0x20 <= byte <= 0x7E:
+                    assert made is not None
+                    text = made.fps_id if field == "fps_id" else made.items[0].scheme
+                    assert text == "Q" * position + chr(byte) + "Q" * (length - position - 1)
+                else:
+                    assert made is None, (length, position, byte)
+
+
+NUMBER_SHAPE = re.compile(r"\d{12}|\d{4}[ -]\d{4}[ -]\d{4}")
+
+
+@settings(max_examples=3_000, deadline=None, database=None)
+@given(
+    text=st.text(st.sampled_from("0123456789 -A"), min_size=1, max_size=80).filter(
+        lambda text: not text.isspace()
+    ),
+    field=st.sampled_from(["fps_id", "scheme"]),
+)
+def test_number_shapes_are_found_wherever_they_are(text: str, field: str) -> None:
+    value, _ = with_text(field, text)
+    made = compiled()(value, COLLECTION.member_ref.encode())
+    assert (made is None) == bool(NUMBER_SHAPE.search(text))
+
+
+def test_timestamps_of_any_day_convert_as_fastavro_converts_them() -> None:
+    rng = random.Random(5)
+    key = COLLECTION.member_ref.encode()
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    edges = [0, 1, 86_399_999, 86_400_000, (1 << 42) - 1]
+    edges += [
+        (datetime(year, month, day, tzinfo=UTC) - epoch) // timedelta(milliseconds=1) + delta
+        for year in (1972, 2000, 2024, 2100)
+        for month, day in ((1, 1), (2, 28), (3, 1), (12, 31))
+        for delta in (-1, 0, 1)
+    ]
+    for millis in edges + [rng.randrange(1 << 42) for _ in range(3_000)]:
+        instant = epoch + timedelta(milliseconds=millis)
+        value = encode({**ration_collection_to_avro(COLLECTION), "transacted_at": instant})
+        made = compiled()(value, key)
+        assert made is not None
+        assert made.transacted_at == instant
+        assert type(made.transacted_at) is datetime
+        assert made.transacted_at.tzinfo is UTC
+
+
+def test_thousands_of_distinct_parts_are_cached_and_shared() -> None:
+    """More locations and item lists than a cache first holds: each read as the general path
+    reads it, and equal ones shared."""
+    read = compiled()
+    key = COLLECTION.member_ref.encode()
+    datum = ration_collection_to_avro(COLLECTION)
+    values = [
+        encode(
+            {
+                **datum,
+                "fps_location": {**datum["fps_location"], "district_lgd": 1 + i},
+                "items": [{"commodity": "RICE", "scheme": "NFSA", "quantity_grams": i}],
+            }
+        )
+        for i in range(3_000)
+    ]
+    first = [read(value, key) for value in values]
+    again = [read(value, key) for value in values]
+    for i, (one, other) in enumerate(zip(first, again, strict=True)):
+        assert one is not None
+        assert other is not None
+        assert one.fps_location is other.fps_location
+        assert one.items is other.items
+        assert one.fps_location.district_lgd == 1 + i
+        assert one.items[0].quantity_grams == i
+    for i in range(0, 3_000, 97):
+        assert first[i] == general(values[i], key)
