@@ -69,10 +69,13 @@ def main() -> None:
         part = encoded[start : start + args.batch]
         if not args.interleaved:
             part.sort(key=lambda message: message[0])  # stable: offsets stay in order
-        # A topic of its own for each message, as librdkafka makes them.
+        # A topic of its own for each message, as librdkafka makes them. (confluent-kafka's
+        # stubs do not declare Message's keyword constructor, new in 2.x.)
         batches.append(
             [
-                Message(topic="".join(names.collections), partition=p, offset=o, key=k, value=v)
+                Message(  # type: ignore[call-arg]
+                    topic="".join(names.collections), partition=p, offset=o, key=k, value=v
+                )
                 for p, o, k, v in part
             ]
         )
