@@ -614,6 +614,7 @@ class AvroCodec:
         self._plans: dict[int, _Plan] = {}  # by fingerprint
         self._id_plans: dict[int, _Plan] = {}  # by registry id
         self._headers: dict[tuple[str, str | None], _Header] = {}
+        self._writers: dict[int, Writer | None] = {}  # by fingerprint: one per schema, not topic
 
     @property
     def catalog(self) -> SchemaCatalog:
@@ -628,6 +629,7 @@ class AvroCodec:
             self._plans.clear()
             self._id_plans.clear()
             self._headers.clear()
+            self._writers.clear()
             self._generation = self._catalog.generation
 
     # --- encode ------------------------------------------------------------------------------
@@ -663,7 +665,9 @@ class AvroCodec:
 
     def _header(self, record_name: str, topic: str | None) -> _Header:
         entry = self._catalog.current(record_name)
-        write = compile_writer(entry.parsed)
+        if entry.fingerprint not in self._writers:
+            self._writers[entry.fingerprint] = compile_writer(entry.parsed)
+        write = self._writers[entry.fingerprint]
         if self._registry is None:
             return single_object_header(entry.fingerprint), entry.parsed, write
         subject = f"{topic}-value" if topic else entry.full_name
