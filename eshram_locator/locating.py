@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from eshram_locator.avro_codec import AvroCodec
-from eshram_locator.domain.history import epoch_us, may_move
+from eshram_locator.domain.history import epoch_us, later_months, may_move
 from eshram_locator.domain.model import (
     ChangeType,
     District,
@@ -118,6 +118,8 @@ class Locator:
                 for u in registry
                 if u.registration
             }
+        if collections:
+            collections = self._append_later(store, collections, registry_refs, outcome)
         members = store.lock_members(collections.keys() | registry_refs, named, heads)
 
         # Brings the rows it writes up to date (version, uan, worker's head, history deleted).
@@ -137,6 +139,29 @@ class Locator:
         return outcome, self._recompute(store, targets, now, outcome)
 
     # --- rule 8: the member histories --------------------------------------------------------
+
+    @staticmethod
+    def _append_later(
+        store: LocatorStore,
+        collections: Mapping[str, list[RationCollection]],
+        registry_refs: set[str],
+        outcome: BatchOutcome,
+    ) -> Mapping[str, list[RationCollection]]:
+        """The common member first, without reading its row: collections of months after
+        every stored one that cannot change the worker's timeline (``LaterMonths``) are
+        appended to the stored history in one statement. Returns the collections left to
+        add after reading their members (``_add_collections``); members a registration of
+        the batch names are always read."""
+        appends = [
+            (ref, later)
+            for ref, batch in collections.items()
+            if ref not in registry_refs and (later := later_months(batch)) is not None
+        ]
+        appended = store.append_histories(appends)
+        if not appended:
+            return collections
+        outcome.new_observations += sum(later.counted for ref, later in appends if ref in appended)
+        return {ref: batch for ref, batch in collections.items() if ref not in appended}
 
     def _add_collections(
         self,

@@ -6,8 +6,10 @@
  * after the previous month's. merge_later() computes what MemberHistory.add would, for each
  * collection, followed by may_move() and to_bytes(): the packed digests of the transactions it
  * counts (rule 8, keys "source/transaction_id" as store.observation_key builds them), one stored
- * line per new month appended ("YYYY-MM", "1" or "0", the month's summary as orjson writes it), and
- * whether the worker's timeline could have changed. It returns None, never raises for such
+ * line per new month appended ("YYYY-MM", "1" or "0", the month's summary as orjson writes it),
+ * whether the worker's timeline could have changed, and the new months' monthly district (rule
+ * 3: None without presence, False when they are not all one district), which tells that without
+ * the stored history (history.later_months). It returns None, never raises for such
  * input, and leaves the history to the general path, when:
  *   - a collection's month is not after the last stored month, or is not 7 bytes;
  *   - a string (source, transaction id, shop id, pincode, month) has a byte outside printable
@@ -649,7 +651,8 @@ static PyObject *merge_later(PyObject *module, PyObject *const *args, Py_ssize_t
         order[kept] = e;
         kept++;
     }
-    int may_move = 0, last_present = 0;
+    int may_move = 0, last_present = 0, there_seen = 0, there_varied = 0;
+    long long there_state = 0, there_district = 0;
     qsort(order, (size_t)kept, sizeof *order, by_month);
     for (Py_ssize_t start = 0; start < kept;) {
         Py_ssize_t end = start + 1;
@@ -660,11 +663,20 @@ static PyObject *merge_later(PyObject *module, PyObject *const *args, Py_ssize_t
             put_char(&lines, '\n');
         Py_ssize_t found = put_month(&lines, order + start, end - start, places, scratch);
         last_present = found > 0;
-        if (found && current != Py_None && !may_move) {
+        const Place *there = found ? monthly_district(places, found) : NULL;
+        if (there != NULL) {
+            if (!there_seen) {
+                there_seen = 1;
+                there_state = there->state;
+                there_district = there->district;
+            } else if (there->state != there_state || there->district != there_district) {
+                there_varied = 1;
+            }
+        }
+        if (there != NULL && current != Py_None && !may_move) {
             /* may_move(): a month after every observed month (its district before was None)
              * that places the worker where they are, with no re-baseline since, changes
              * nothing; any other new presence may. */
-            const Place *there = monthly_district(places, found);
             int here = there->state == current_state && there->district == current_district;
             int confirmed =
                 rebaseline == Py_None ||
@@ -681,10 +693,16 @@ static PyObject *merge_later(PyObject *module, PyObject *const *args, Py_ssize_t
         goto done;
     }
     if (kept == 0) {
-        result = Py_BuildValue("(OOnOsO)", stored_digests, stored_tail, kept, Py_False, "",
-                               Py_False);
+        result = Py_BuildValue("(OOnOsOO)", stored_digests, stored_tail, kept, Py_False, "",
+                               Py_False, Py_None);
         goto done;
     }
+    /* the new months' monthly district: None (no presence), False (not one district) */
+    PyObject *district = !there_seen     ? Py_NewRef(Py_None)
+                         : there_varied ? Py_NewRef(Py_False)
+                                        : Py_BuildValue("(LL)", there_state, there_district);
+    if (district == NULL)
+        goto done;
     /* the stored form after the merge: digests and month lines appended */
     Py_ssize_t tail_size = PyBytes_GET_SIZE(stored_tail);
     Py_ssize_t separator = tail_size > 0;
@@ -700,11 +718,13 @@ static PyObject *merge_later(PyObject *module, PyObject *const *args, Py_ssize_t
             t[tail_size] = '\n';
         memcpy(t + tail_size + separator, lines.data, lines.size);
         const Entry *newest = order[kept - 1];
-        result = Py_BuildValue("(NNnOs#O)", new_digests, new_tail, kept,
+        result = Py_BuildValue("(NNnOs#ON)", new_digests, new_tail, kept,
                                may_move ? Py_True : Py_False, newest->month.text,
-                               (Py_ssize_t)MONTH_BYTES, last_present ? Py_True : Py_False);
-        new_digests = new_tail = NULL;
+                               (Py_ssize_t)MONTH_BYTES, last_present ? Py_True : Py_False,
+                               district);
+        new_digests = new_tail = district = NULL;
     }
+    Py_XDECREF(district);
     Py_XDECREF(new_digests);
     Py_XDECREF(new_tail);
 done:
@@ -759,7 +779,7 @@ static PyObject *sha_extensions(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"merge_later", (PyCFunction)(void (*)(void))merge_later, METH_FASTCALL,
      "merge_later(digests, tail, collections, current, last_rebaseline)"
-     " -> (digests, tail, counted, may_move, last_month, last_present) | None"},
+     " -> (digests, tail, counted, may_move, last_month, last_present, district) | None"},
     {"configure", configure, METH_VARARGS,
      "configure(biometric, others, collection_type, location_type): the AuthMode members by"
      " whether they prove presence, and the RationCollection and Location classes."},

@@ -8,7 +8,7 @@ def merge_later(
     current: tuple[int, int] | None,
     last_rebaseline: str | None,
     /,
-) -> tuple[bytes, bytes, int, bool, str, bool] | None: ...
+) -> tuple[bytes, bytes, int, bool, str, bool, tuple[int, int] | bool | None] | None: ...
 def configure(
     biometric: tuple[object, ...],
     others: tuple[object, ...],

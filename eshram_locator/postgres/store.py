@@ -20,7 +20,7 @@ import psycopg
 from psycopg.rows import TupleRow, class_row
 from psycopg.types.json import set_json_loads
 
-from eshram_locator.domain.history import MemberHistory
+from eshram_locator.domain.history import LaterMonths, MemberHistory
 from eshram_locator.errors import StaleMemberRowError
 
 
@@ -222,6 +222,52 @@ SESSION_OPTIONS = (
 )
 
 
+# LocatorStore.append_histories's statement. The stored form (MemberHistory.to_bytes) is the
+# format byte, the digest count (int4, big-endian: ``_COUNT``), the digests (8 bytes each),
+# then the month lines: the new digests go in after the stored ones, the count grows by theirs,
+# and the new lines follow the stored ones (a newline between, when there are stored lines). A
+# digest found at any offset of the stored ones leaves the row to be read (``position`` does
+# not know their 8-byte boundaries: a false find costs a read, never a wrong history).
+_COUNT = (
+    "(get_byte(m.history, 1) << 24 | get_byte(m.history, 2) << 16"
+    " | get_byte(m.history, 3) << 8 | get_byte(m.history, 4))"
+)
+_STORED_DIGESTS = f"substring(m.history FROM 6 FOR 8 * {_COUNT})"
+_NEW_DIGEST = "substring(%(digests)b FROM u.digest_start{offset} FOR 8)"
+_APPEND_HISTORIES = (
+    "UPDATE members AS m SET history = CASE WHEN m.history IS NULL"
+    " THEN '\\x01'::bytea || int4send(u.counted)"
+    " || substring(%(digests)b FROM u.digest_start FOR 8 * u.counted)"
+    " || substring(%(lines)b FROM u.line_start FOR u.line_length)"
+    f" ELSE overlay(overlay(m.history PLACING substring(%(digests)b FROM u.digest_start"
+    f" FOR 8 * u.counted) FROM 6 + 8 * {_COUNT} FOR 0)"
+    f" PLACING int4send({_COUNT} + u.counted) FROM 2 FOR 4)"
+    f" || CASE WHEN length(m.history) > 5 + 8 * {_COUNT} THEN '\\x0a'::bytea ELSE ''::bytea END"
+    " || substring(%(lines)b FROM u.line_start FOR u.line_length) END,"
+    " history_last_month = u.last"
+    " FROM unnest(string_to_array(%(refs)s, %(separator)s),"
+    " string_to_array(%(digest_starts)s, ',')::int[],"
+    " string_to_array(%(counts)s, ',')::int[],"
+    " string_to_array(%(line_starts)s, ',')::int[],"
+    " string_to_array(%(line_lengths)s, ',')::int[],"
+    " string_to_array(%(firsts)s, %(separator)s), string_to_array(%(lasts)s, %(separator)s),"
+    " string_to_array(%(states)s, %(text_separator)s),"
+    " string_to_array(%(districts)s, %(text_separator)s))"
+    " AS u(ref, digest_start, counted, line_start, line_length, first, last, state, district)"
+    " WHERE m.member_ref = u.ref"
+    " AND coalesce(m.history_last_month, CASE WHEN m.history IS NULL THEN '' END) < u.first"
+    " AND (m.uan IS NOT NULL OR m.deregistered_at IS NULL)"
+    " AND (m.uan IS NULL OR m.worker_state_lgd IS NULL OR m.worker_rebaseline IS NULL"
+    " AND (u.state = '.' OR (m.worker_state_lgd, m.worker_district_lgd)"
+    " = (substr(u.state, 2)::smallint, substr(u.district, 2)::int)))"
+    " AND CASE WHEN m.history IS NULL THEN true"
+    f" WHEN u.counted = 1 THEN position({_NEW_DIGEST.format(offset='')} IN {_STORED_DIGESTS}) = 0"
+    " ELSE NOT EXISTS (SELECT FROM generate_series(0, u.counted - 1) AS i"
+    f" WHERE position({_NEW_DIGEST.format(offset=' + 8 * i')} IN {_STORED_DIGESTS}) > 0) END"
+    " RETURNING m.member_ref"
+)
+
+
 def observation_key(source: str, transaction_id: str) -> str:
     """The idempotency key of rule 8: transaction ids are unique per PDS, not nationally."""
     return f"{source}/{transaction_id}"
@@ -351,16 +397,61 @@ class LocatorStore:
             return
         histories, starts, lengths = _pack_bytes([member.history.to_bytes() for member in members])
         updated = self._conn.execute(
-            "UPDATE members AS m SET history = substring(%b FROM u.start FOR u.length)"
+            "UPDATE members AS m SET history = substring(%b FROM u.start FOR u.length),"
+            " history_last_month = nullif(substr(u.last, 2), '')"
             " FROM unnest(string_to_array(%s, %s)::tid[], string_to_array(%s, ',')::int[],"
-            " string_to_array(%s, ',')::int[]) AS u(version, start, length)"
+            " string_to_array(%s, ',')::int[], string_to_array(%s, %s))"
+            " AS u(version, start, length, last)"
             " WHERE m.ctid = u.version",
-            (histories, *_pack([member.version for member in members]), starts, lengths),
+            (
+                histories,
+                *_pack([member.version for member in members]),
+                starts,
+                lengths,
+                *_pack_texts(member.history.last_month() or "" for member in members),
+            ),
         ).rowcount
         if updated != len(members):  # a row changed after it was read: a bug, never a skip
             raise StaleMemberRowError(
                 f"{len(members) - updated} of {len(members)} member rows changed since read"
             )
+
+    def append_histories(self, appends: Sequence[tuple[str, LaterMonths]]) -> set[str]:
+        """Append each member's ``LaterMonths`` to its stored history without reading it, in
+        one statement, where that is what ``MemberHistory.merge_later`` would store and its
+        timeline answer is False (see ``LaterMonths``): the row exists, its history's last
+        month (``history_last_month``) is before ``first_month``, no digest is already
+        stored, the member is registered or was never deregistered (else late collections of a
+        deleted worker may be skipped), and it has no worker head, or one with no re-baseline
+        where ``district`` places it. Returns the member refs appended; the others are left
+        as they were, to be locked and read. Rows are written (and locked) in member order."""
+        if not appends:
+            return set()
+        appends = sorted(appends, key=lambda append: append[0])
+        later = [months for _, months in appends]
+        digests, digest_starts, _ = _pack_bytes([months.digests for months in later])
+        lines, line_starts, line_lengths = _pack_bytes([months.lines for months in later])
+        refs, separator = _pack([ref for ref, _ in appends])
+        districts = [months.district for months in later]
+        rows = self._conn.execute(
+            _APPEND_HISTORIES,
+            {
+                "digests": digests,
+                "lines": lines,
+                "refs": refs,
+                "separator": separator,
+                "digest_starts": digest_starts,
+                "line_starts": line_starts,
+                "line_lengths": line_lengths,
+                "counts": ",".join(str(months.counted) for months in later),
+                "firsts": _pack([months.first_month for months in later])[0],
+                "lasts": _pack([months.last_month for months in later])[0],
+                "states": _pack_texts(str(d.state_lgd) if d else "" for d in districts)[0],
+                "districts": _pack_texts(str(d.district_lgd) if d else "" for d in districts)[0],
+                "text_separator": _RECORD_SEPARATOR,
+            },
+        ).fetchall()
+        return {ref for (ref,) in rows}
 
     def set_member_uans(
         self, assignments: Sequence[tuple[str, str | None]], rows: Mapping[str, MemberRow] = {}
@@ -523,7 +614,8 @@ class LocatorStore:
         self._conn.execute("DELETE FROM location_changes WHERE uan = ANY(%s)", (uans,))
         self._conn.execute("DELETE FROM workers WHERE uan = ANY(%s)", (uans,))
         written = self._conn.execute(
-            f"UPDATE members AS m SET uan = NULL, history = NULL, {_NO_HEAD},"
+            f"UPDATE members AS m SET uan = NULL, history = NULL, history_last_month = NULL,"
+            f" {_NO_HEAD},"
             " deregistered_at = GREATEST(m.deregistered_at, d.at)"
             " FROM unnest(%s::text[], %s::timestamptz[]) AS d(member_ref, at)"
             " WHERE m.member_ref = d.member_ref" + _RETURNING_STATE,

@@ -31,6 +31,7 @@ from eshram_locator.avro_codec import (
     fingerprint_hex,
     schema_topic_records,
 )
+from eshram_locator.domain.history import MemberHistory, later_months
 from eshram_locator.domain.model import (
     AddressUpdateRequested,
     AuthMode,
@@ -456,6 +457,135 @@ def test_histories_of_every_length_are_written_back_whole(store: LocatorStore) -
     assert len({len(stored[ref].history.to_bytes()) for ref in refs}) == 4
 
 
+def _later(ref: str, month: str, where: Location = HOME, **changes: Any) -> RationCollection:
+    """A collection of ``ref`` in ``month`` (its transaction id: the month, unless given)."""
+    fields: dict[str, Any] = {
+        "member_ref": ref,
+        "allocation_month": month,
+        "transaction_id": f"T-{month}",
+        "fps_location": where,
+        "transacted_at": datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC),
+    }
+    return replace(COLLECTION, **(fields | changes))
+
+
+def test_later_months_are_appended_unread_only_where_the_merge_finds_nothing_to_derive(
+    store: LocatorStore, fresh_database: str
+) -> None:
+    """``append_histories`` writes exactly what reading the row and ``merge_later`` would
+    store, and only where no rule could give another answer; every other row stays as it was,
+    for the batch to lock and read."""
+    at_home = WorkerHead("100000000001", HOME.state_lgd, HOME.district_lgd, None)
+    rebaselined = WorkerHead("100000000002", HOME.state_lgd, HOME.district_lgd, "2024-02")
+    registered = {"MR-HOME": at_home, "MR-AWAY": at_home, "MR-REBASELINED": rebaselined}
+    earlier = {  # each member's stored collections
+        "MR-EMPTY": [],
+        "MR-HOME": [_later("MR-HOME", "2024-02"), _later("MR-HOME", "2024-03")],
+        "MR-UNREGISTERED": [_later("MR-UNREGISTERED", "2024-03")],
+        "MR-SAME-MONTH": [_later("MR-SAME-MONTH", "2024-04")],
+        "MR-SEEN": [_later("MR-SEEN", "2024-03")],
+        "MR-AWAY": [_later("MR-AWAY", "2024-03")],
+        "MR-REBASELINED": [_later("MR-REBASELINED", "2024-03")],
+        "MR-DEREGISTERED": [_later("MR-DEREGISTERED", "2024-03")],
+        "MR-NO-LAST-MONTH": [_later("MR-NO-LAST-MONTH", "2024-03")],
+    }
+    batch = {
+        "MR-EMPTY": [_later("MR-EMPTY", "2024-04"), _later("MR-EMPTY", "2024-05")],
+        "MR-HOME": [_later("MR-HOME", "2024-04"), _later("MR-HOME", "2024-04", transaction_id="x")],
+        "MR-UNREGISTERED": [_later("MR-UNREGISTERED", "2024-04", where=WORK)],
+        "MR-SAME-MONTH": [_later("MR-SAME-MONTH", "2024-04", transaction_id="again")],
+        "MR-SEEN": [_later("MR-SEEN", "2024-04", transaction_id="T-2024-03")],  # counted
+        "MR-AWAY": [_later("MR-AWAY", "2024-04", where=WORK)],
+        "MR-REBASELINED": [_later("MR-REBASELINED", "2024-04")],
+        "MR-DEREGISTERED": [_later("MR-DEREGISTERED", "2024-04")],
+        "MR-NO-LAST-MONTH": [_later("MR-NO-LAST-MONTH", "2024-04")],
+        "MR-NO-ROW": [_later("MR-NO-ROW", "2024-04")],
+    }
+    with store.unit_of_work():
+        rows = store.lock_members(
+            earlier, {ref: head.uan for ref, head in registered.items()}, registered
+        )
+        for ref, collections in earlier.items():
+            for collection in collections:
+                assert add_collection(rows[ref].history, collection)
+        store.save_histories([rows[ref] for ref in earlier if earlier[ref]])
+    with psycopg.connect(fresh_database) as conn:
+        conn.execute(
+            "UPDATE members SET deregistered_at = now() WHERE member_ref = 'MR-DEREGISTERED'"
+        )
+        conn.execute(
+            "UPDATE members SET history_last_month = NULL WHERE member_ref = 'MR-NO-LAST-MONTH'"
+        )
+    with store.unit_of_work():
+        before = {ref: row.history.to_bytes() for ref, row in store.members(list(batch)).items()}
+    appends = [(ref, later_months(collections)) for ref, collections in batch.items()]
+    assert all(later is not None for _, later in appends)
+    with store.unit_of_work():
+        appended = store.append_histories(appends)  # type: ignore[arg-type]
+    assert appended == {"MR-EMPTY", "MR-HOME", "MR-UNREGISTERED"}
+    with psycopg.connect(fresh_database) as conn:
+        after = {
+            ref: (history, last_month)
+            for ref, history, last_month in conn.execute(
+                "SELECT member_ref, history, history_last_month FROM members"
+                " WHERE member_ref = ANY(%s)",
+                (list(batch),),
+            )
+        }
+    for ref, collections in batch.items():
+        if ref not in appended:
+            assert ref == "MR-NO-ROW" or after[ref][0] == before[ref], ref
+            continue
+        merged = MemberHistory.from_bytes(before[ref])
+        current = registered[ref].current_district if ref in registered else None
+        assert merged.merge_later(collections, current, None) == (len(collections), False)
+        assert after[ref] == (merged.to_bytes(), max(c.allocation_month for c in collections))
+
+
+def test_every_write_of_a_history_keeps_its_last_month(
+    store: LocatorStore, fresh_database: str
+) -> None:
+    refs = ["MR-W1", "MR-W2"]
+    uan = "100000000003"
+    head = WorkerHead(uan, HOME.state_lgd, HOME.district_lgd, None)
+    with store.unit_of_work():
+        rows = store.lock_members(refs, {"MR-W1": uan}, {"MR-W1": head})
+        add_collection(rows["MR-W1"].history, _later("MR-W1", "2024-05"))
+        add_collection(rows["MR-W1"].history, _later("MR-W1", "2024-03"))
+        add_collection(rows["MR-W2"].history, _later("MR-W2", "2024-02"))
+        store.save_histories([rows[ref] for ref in refs])
+    query = "SELECT member_ref, history_last_month FROM members WHERE member_ref = ANY(%s)"
+    with psycopg.connect(fresh_database) as conn:
+        assert dict(conn.execute(query, (refs,)).fetchall()) == {
+            "MR-W1": "2024-05",
+            "MR-W2": "2024-02",
+        }
+    with store.unit_of_work():
+        store.delete_workers([(uan, "MR-W1", T0)])
+    with psycopg.connect(fresh_database) as conn:
+        assert dict(conn.execute(query, (refs,)).fetchall()) == {
+            "MR-W1": None,
+            "MR-W2": "2024-02",
+        }
+
+
+def test_migration_0006_gives_each_stored_history_its_last_month(fresh_database: str) -> None:
+    apply_migrations(fresh_database, up_to=5)
+    histories: dict[str, bytes | None] = {"MR-M0": None}
+    for count in range(1, 4):
+        history = MemberHistory()
+        for month in range(count):
+            add_collection(history, _later(f"MR-M{count}", f"2024-{month * 3 + 1:02d}"))
+        histories[f"MR-M{count}"] = history.to_bytes()
+    with psycopg.connect(fresh_database) as conn:
+        for ref, stored in histories.items():
+            conn.execute("INSERT INTO members (member_ref, history) VALUES (%s, %s)", (ref, stored))
+    assert apply_migrations(fresh_database)[:1] == [6]
+    with psycopg.connect(fresh_database) as conn:
+        found = dict(conn.execute("SELECT member_ref, history_last_month FROM members").fetchall())
+    assert found == {"MR-M0": None, "MR-M1": "2024-01", "MR-M2": "2024-04", "MR-M3": "2024-07"}
+
+
 def test_the_registry_writes_bring_the_locked_rows_up_to_date(store: LocatorStore) -> None:
     """A batch's registry path writes member rows it has locked (a uan, the worker's head, a
     deletion) and goes on with the rows it holds: each write brings them up to date, as a
@@ -738,6 +868,9 @@ def test_every_statement_planned_on_an_empty_database_finds_rows_by_key(
         rows = store.lock_members(["MR-P1", "MR-P2"], {"MR-P1": worker.uan})
         store.members(["MR-P1"])
         store.save_histories([rows["MR-P1"]])
+        later = later_months([_later("MR-P2", "2025-01")])
+        assert later is not None
+        store.append_histories([("MR-P2", later)])
         store.set_member_uans([("MR-P2", None)])
         store.workers([worker.uan], lock=True)
         store.workers([worker.uan], lock=False, registration=False)
@@ -767,7 +900,7 @@ def test_every_statement_planned_on_an_empty_database_finds_rows_by_key(
         }
     finally:
         conn.close()
-    assert len(plans) >= 16
+    assert len(plans) >= 17
     for statement, plan in plans.items():
         for whole_table in ("Seq Scan", "Hash", "Merge", "Bitmap"):
             assert whole_table not in plan, f"{statement}\n{plan}"

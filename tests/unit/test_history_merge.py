@@ -6,19 +6,21 @@ path's byte for byte, with the same count and the same ``may_move``."""
 from __future__ import annotations
 
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from eshram_locator.domain import history as history_module
 from eshram_locator.domain.history import (
+    LaterMonths,
     MemberHistory,
     compiled_merge_available,
     epoch_us,
+    later_months,
     may_move,
 )
 from eshram_locator.domain.model import (
@@ -170,6 +172,108 @@ def test_a_new_member_always_takes_the_compiled_merge(
         (counted, moves) if batch else None
     )
     assert history.to_bytes() == expected.to_bytes()
+
+
+def appended(stored: bytes, later: LaterMonths) -> bytes:
+    """What ``LocatorStore.append_histories`` writes over ``stored`` (its statement, in
+    Python): the count grown, the new digests after the stored ones, the new lines after the
+    stored lines."""
+    stored = stored or MemberHistory().to_bytes()
+    count = int.from_bytes(stored[1:5], "big")
+    tail = stored[5 + 8 * count :]
+    return b"".join(
+        (
+            stored[:1],
+            (count + later.counted).to_bytes(4, "big"),
+            stored[5 : 5 + 8 * count],
+            later.digests,
+            tail,
+            b"\n" if tail else b"",
+            later.lines,
+        )
+    )
+
+
+def stored_digest_found(stored: bytes, later: LaterMonths) -> bool:
+    """Whether the statement finds one of ``later``'s digests among the stored ones: at any
+    offset, as PostgreSQL's ``position`` does (then it leaves the row to be read)."""
+    if not stored:
+        return False
+    count = int.from_bytes(stored[1:5], "big")
+    region = stored[5 : 5 + 8 * count]
+    return any(later.digests[i : i + 8] in region for i in range(0, len(later.digests), 8))
+
+
+@PROPERTY
+@given(
+    earlier=collections((0, 5)),
+    batch=st.one_of(collections((0, 9)), collections((6, 9), max_size=3)),
+    current=CURRENT,
+    last_rebaseline=REBASELINE,
+)
+def test_later_months_appended_unread_are_what_the_merge_stores(
+    earlier: list[RationCollection],
+    batch: list[RationCollection],
+    current: tuple[int, int] | None,
+    last_rebaseline: str | None,
+) -> None:
+    """Where the store appends ``later_months`` without reading the history (months after
+    every stored one, no digest stored), the result is the merge's, byte for byte; and where
+    it appends them for a worker (no re-baseline, ``district`` None or the current one), the
+    merge would have found nothing to derive."""
+    seed = MemberHistory()
+    add_all(seed, earlier)
+    stored = seed.to_bytes()
+    batch = unique(batch)
+    later = later_months(batch)
+    expected, counted, moves = general_path(stored, batch, current, last_rebaseline)
+    fresh = general_path(b"", batch, None, None)[0]
+    new_months = {c.allocation_month for c in batch}
+    districts = {fresh.month_district(month) for month in new_months} - {None}
+    if later is None:
+        assert not batch or len(districts) > 1  # no collection, or not one district
+        return
+    assert later.district == (districts.pop() if districts else None)
+    assert later.first_month == min(new_months)
+    assert later.last_month == max(new_months) == fresh.last_month()
+    assert appended(b"", later) == fresh.to_bytes()
+    if later.first_month <= (seed.last_month() or "") or stored_digest_found(stored, later):
+        event("read: not after every stored month, or a digest stored")
+        return  # the store reads this member
+    event("appended unread")
+    assert appended(stored, later) == expected.to_bytes()
+    assert later.counted == counted
+    assert MemberHistory.from_bytes(appended(stored, later)).last_month() == later.last_month
+    if current is None or (
+        last_rebaseline is None and later.district in (None, District(*current))
+    ):
+        assert not moves
+
+
+def test_a_history_knows_its_last_month() -> None:
+    history = MemberHistory()
+    assert history.last_month() is None
+    add_all(history, [one("2024-03"), one("2024-01", transaction_id="t2")])
+    assert history.last_month() == "2024-03"
+    read = MemberHistory.from_bytes(history.to_bytes())
+    assert read.last_month() == "2024-03"
+    add_all(read, [one("2024-02", transaction_id="t3")])
+    assert read.last_month() == "2024-03"
+    assert read.merge_later([one("2024-05", transaction_id="t4")], None, None) is None  # changed
+    merged = MemberHistory.from_bytes(history.to_bytes())
+    assert merged.merge_later([one("2024-05", transaction_id="t4")], None, None) == (1, False)
+    assert merged.last_month() == "2024-05"
+
+
+def test_later_months_of_several_districts_are_left_to_the_read() -> None:
+    assert later_months([one("2024-04"), one("2024-05", transaction_id="t2")]) is not None
+    away = one("2024-05", transaction_id="t2", fps_location=PLACES[3])
+    assert later_months([one("2024-04"), away]) is None
+    otp_away = replace(away, auth_mode=AuthMode.OTP)  # no presence: no district
+    found = later_months([one("2024-04"), otp_away])
+    assert found is not None
+    assert found.district == District(9, 140)
+    assert later_months([one(fps_id='FPS "1"')]) is None  # the compiled merge declines
 
 
 def one(month: str = "2024-03", **changes: object) -> RationCollection:
