@@ -160,7 +160,9 @@ class Locator:
         appended = store.append_histories(appends)
         if not appended:
             return collections
-        outcome.new_observations += sum(later.counted for ref, later in appends if ref in appended)
+        outcome.new_observations += sum(
+            counted for ref, (_, _, counted, *_) in appends if ref in appended
+        )
         return {ref: batch for ref, batch in collections.items() if ref not in appended}
 
     def _add_collections(

@@ -760,6 +760,42 @@ static PyObject *configure(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* later_months(collections) -> (digests, lines, counted, first_month, last_month, district)
+ *      | None
+ * merge_later() of one member's collections into an empty history, with the earliest month of
+ * them all (duplicates too: merge_later checks every collection's month against the stored
+ * ones). None where merge_later declines them or their months with presence are not all one
+ * monthly district. See history.LaterMonths. */
+static PyObject *later_months(PyObject *module, PyObject *collections) {
+    static PyObject *empty = NULL;
+    if (empty == NULL && (empty = PyBytes_FromStringAndSize(NULL, 0)) == NULL)
+        return NULL;
+    PyObject *args[5] = {empty, empty, collections, Py_None, Py_None};
+    PyObject *merged = merge_later(module, args, 5);
+    if (merged == NULL || merged == Py_None)
+        return merged;
+    PyObject *district = PyTuple_GET_ITEM(merged, 6);
+    PyObject *first = NULL;
+    if (district != Py_False) {
+        /* merge_later read every collection: each month a 7-byte ASCII str */
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(collections); i++) {
+            PyObject *month = attribute(PyList_GET_ITEM(collections, i), A_MONTH);
+            if (first == NULL || memcmp(PyUnicode_DATA(month), PyUnicode_DATA(first),
+                                        MONTH_BYTES) < 0)
+                first = month;
+        }
+    }
+    PyObject *result;
+    if (first == NULL)
+        result = Py_NewRef(Py_None);
+    else
+        result = PyTuple_Pack(6, PyTuple_GET_ITEM(merged, 0), PyTuple_GET_ITEM(merged, 1),
+                              PyTuple_GET_ITEM(merged, 2), first, PyTuple_GET_ITEM(merged, 4),
+                              district);
+    Py_DECREF(merged);
+    return result;
+}
+
 /* sha_extensions(enabled): use the SHA extensions or the portable SHA-256 (tests run both);
  * None leaves the choice made at import. Returns whether the extensions are in use: never on a
  * processor without them. */
@@ -780,6 +816,9 @@ static PyMethodDef methods[] = {
     {"merge_later", (PyCFunction)(void (*)(void))merge_later, METH_FASTCALL,
      "merge_later(digests, tail, collections, current, last_rebaseline)"
      " -> (digests, tail, counted, may_move, last_month, last_present, district) | None"},
+    {"later_months", later_months, METH_O,
+     "later_months(collections)"
+     " -> (digests, lines, counted, first_month, last_month, district) | None"},
     {"configure", configure, METH_VARARGS,
      "configure(biometric, others, collection_type, location_type): the AuthMode members by"
      " whether they prove presence, and the RationCollection and Location classes."},

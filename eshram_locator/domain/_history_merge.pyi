@@ -9,6 +9,9 @@ def merge_later(
     last_rebaseline: str | None,
     /,
 ) -> tuple[bytes, bytes, int, bool, str, bool, tuple[int, int] | bool | None] | None: ...
+def later_months(
+    collections: list[RationCollection], /
+) -> tuple[bytes, bytes, int, str, str, tuple[int, int] | None] | None: ...
 def configure(
     biometric: tuple[object, ...],
     others: tuple[object, ...],

@@ -20,7 +20,6 @@ from __future__ import annotations
 import struct
 from bisect import insort
 from collections.abc import Container, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from hashlib import sha256
 from typing import Any
@@ -390,47 +389,31 @@ class MemberHistory:
         return max(found, stored)
 
 
-@dataclass(frozen=True, slots=True)
-class LaterMonths:
-    """What one member's collections add to a stored history whose months all come before
-    theirs, known without reading it (``later_months``): appended to such a history, and
-    with no digest of ``digests`` already in it, they give ``merge_later``'s stored form.
-
-    Given the stored form ``header, stored digests, stored lines`` (``to_bytes``), the new
-    one is the header with ``counted`` more digests, the stored digests, ``digests``, the
-    stored lines and ``lines``, joined by a newline when there were stored lines. And
-    ``merge_later``'s timeline answer is False (nothing to derive) when the member has no
-    registered worker, or a worker with no re-baseline (rule 11) who is where ``district``
-    says (or ``district`` is None: no presence in these months); otherwise the history must
-    be read.
-    """
-
-    digests: bytes  # the packed digests of the transactions counted, in order
-    lines: bytes  # the stored lines of the new months, in month order
-    counted: int
-    first_month: str  # the earliest month of the collections: appended only after it
-    last_month: str  # the latest month they count
-    district: District | None  # every new month with presence places the member here
+#: What one member's collections add to a stored history whose months all come before theirs,
+#: known without reading it (``later_months``): ``(digests, lines, counted, first_month,
+#: last_month, district)``, a plain tuple (one per member of a batch, made in C):
+#: ``digests`` the packed digests of the ``counted`` transactions, in order; ``lines`` the
+#: stored lines of their months, in month order; ``first_month`` the earliest month of the
+#: collections (they can be appended only to a history whose months all come before it);
+#: ``last_month`` the latest; ``district`` the monthly district (rule 3) where every new month
+#: with presence places the member, None for no presence.
+#:
+#: Appended to such a stored history, with no digest of ``digests`` already in it, they give
+#: ``merge_later``'s stored form: the header with ``counted`` more digests, the stored digests,
+#: ``digests``, the stored lines and ``lines``, joined by a newline when there were stored
+#: lines. And ``merge_later``'s timeline answer is then False (nothing to derive) when the
+#: member has no registered worker, or a worker with no re-baseline (rule 11) where
+#: ``district`` says (or ``district`` is None); otherwise the history must be read.
+LaterMonths = tuple[bytes, bytes, int, str, str, "tuple[int, int] | None"]
 
 
 def later_months(collections: list[RationCollection]) -> LaterMonths | None:
     """``LaterMonths`` of one member's collections (keys as ``merge_later``'s). None when
-    the compiled merge declines them or is not built, or when the months with presence do not
-    all give one monthly district."""
+    the compiled merge declines them or is not built, or when their months with presence do
+    not all give one monthly district."""
     if _history_merge is None:
         return None
-    merged = _history_merge.merge_later(b"", b"", collections, None, None)
-    if merged is None:
-        return None
-    digests, lines, counted, _, last_month, _, there = merged
-    if isinstance(there, tuple):
-        district: District | None = District(*there)
-    elif there is None:
-        district = None
-    else:  # False: not one district
-        return None
-    first_month = min(collection.allocation_month for collection in collections)
-    return LaterMonths(digests, lines, counted, first_month, last_month, district)
+    return _history_merge.later_months(collections)
 
 
 def may_move(

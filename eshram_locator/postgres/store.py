@@ -251,15 +251,14 @@ _APPEND_HISTORIES = (
     " string_to_array(%(line_starts)s, ',')::int[],"
     " string_to_array(%(line_lengths)s, ',')::int[],"
     " string_to_array(%(firsts)s, %(separator)s), string_to_array(%(lasts)s, %(separator)s),"
-    " string_to_array(%(states)s, %(text_separator)s),"
-    " string_to_array(%(districts)s, %(text_separator)s))"
+    " string_to_array(%(states)s, ',')::int[], string_to_array(%(districts)s, ',')::int[])"
     " AS u(ref, digest_start, counted, line_start, line_length, first, last, state, district)"
     " WHERE m.member_ref = u.ref"
     " AND coalesce(m.history_last_month, CASE WHEN m.history IS NULL THEN '' END) < u.first"
     " AND (m.uan IS NOT NULL OR m.deregistered_at IS NULL)"
     " AND (m.uan IS NULL OR m.worker_state_lgd IS NULL OR m.worker_rebaseline IS NULL"
-    " AND (u.state = '.' OR (m.worker_state_lgd, m.worker_district_lgd)"
-    " = (substr(u.state, 2)::smallint, substr(u.district, 2)::int)))"
+    " AND (u.state = 0"
+    " OR (m.worker_state_lgd, m.worker_district_lgd) = (u.state, u.district)))"
     " AND CASE WHEN m.history IS NULL THEN true"
     f" WHEN u.counted = 1 THEN position({_NEW_DIGEST.format(offset='')} IN {_STORED_DIGESTS}) = 0"
     " ELSE NOT EXISTS (SELECT FROM generate_series(0, u.counted - 1) AS i"
@@ -427,28 +426,26 @@ class LocatorStore:
         as they were, to be locked and read. Rows are written (and locked) in member order."""
         if not appends:
             return set()
-        appends = sorted(appends, key=lambda append: append[0])
-        later = [months for _, months in appends]
-        digests, digest_starts, _ = _pack_bytes([months.digests for months in later])
-        lines, line_starts, line_lengths = _pack_bytes([months.lines for months in later])
-        refs, separator = _pack([ref for ref, _ in appends])
-        districts = [months.district for months in later]
+        refs, later = zip(*sorted(appends), strict=True)  # member refs are unique
+        digests, lines, counts, firsts, lasts, districts = zip(*later, strict=True)
+        packed_digests, digest_starts, _ = _pack_bytes(digests)
+        packed_lines, line_starts, line_lengths = _pack_bytes(lines)
         rows = self._conn.execute(
             _APPEND_HISTORIES,
             {
-                "digests": digests,
-                "lines": lines,
-                "refs": refs,
-                "separator": separator,
+                "digests": packed_digests,
+                "lines": packed_lines,
+                "refs": _pack(refs)[0],
+                "separator": _UNIT_SEPARATOR,
                 "digest_starts": digest_starts,
                 "line_starts": line_starts,
                 "line_lengths": line_lengths,
-                "counts": ",".join(str(months.counted) for months in later),
-                "firsts": _pack([months.first_month for months in later])[0],
-                "lasts": _pack([months.last_month for months in later])[0],
-                "states": _pack_texts(str(d.state_lgd) if d else "" for d in districts)[0],
-                "districts": _pack_texts(str(d.district_lgd) if d else "" for d in districts)[0],
-                "text_separator": _RECORD_SEPARATOR,
+                "counts": ",".join(map(str, counts)),
+                "firsts": _pack(firsts)[0],
+                "lasts": _pack(lasts)[0],
+                # 0: no district (LGD codes start at 1)
+                "states": ",".join([str(d[0]) if d else "0" for d in districts]),
+                "districts": ",".join([str(d[1]) if d else "0" for d in districts]),
             },
         ).fetchall()
         return {ref for (ref,) in rows}
