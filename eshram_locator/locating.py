@@ -118,8 +118,9 @@ class Locator:
                 for u in registry
                 if u.registration
             }
-        if collections:
-            collections = self._append_later(store, collections, registry_refs, outcome)
+        collections, appended, appended_moved = self._append_later(
+            store, collections, registry_refs, outcome
+        )
         members = store.lock_members(collections.keys() | registry_refs, named, heads)
 
         # Brings the rows it writes up to date (version, uan, worker's head, history deleted).
@@ -127,6 +128,8 @@ class Locator:
 
         changed, moved = self._add_collections(members, collections, outcome)
         store.save_histories([members[ref] for ref in sorted(changed)])
+        members.update(appended)
+        moved |= appended_moved
         targets = [
             row
             for ref, row in members.items()
@@ -140,30 +143,47 @@ class Locator:
 
     # --- rule 8: the member histories --------------------------------------------------------
 
-    @staticmethod
     def _append_later(
+        self,
         store: LocatorStore,
         collections: Mapping[str, list[RationCollection]],
         registry_refs: set[str],
         outcome: BatchOutcome,
-    ) -> Mapping[str, list[RationCollection]]:
-        """The common member first, without reading its row: collections of months after
-        every stored one that cannot change the worker's timeline (``LaterMonths``) are
-        appended to the stored history in one statement. Returns the collections left to
-        add after reading their members (``_add_collections``); members a registration of
-        the batch names are always read."""
+    ) -> tuple[Mapping[str, list[RationCollection]], dict[str, MemberRow], set[str]]:
+        """The common member first, without a read before the write: collections of months
+        after every stored one are appended to the stored history in one statement
+        (``LaterMonths``), as ``_add_collections`` would store them. Members a registration
+        of the batch names are always read first.
+
+        Returns the collections left to add after reading their members, the rows appended
+        whose worker's timeline may have changed (locked, as the append left them), and those
+        among them whose timeline the rules must derive again (``may_confirm``, as
+        ``_add_collections`` asks it)."""
         appends = [
             (ref, later)
             for ref, batch in collections.items()
             if ref not in registry_refs and (later := later_months(batch)) is not None
         ]
-        appended = store.append_histories(appends)
+        appended, review = store.append_histories(appends)
         if not appended:
-            return collections
+            return collections, {}, set()
         outcome.new_observations += sum(
             counted for ref, (_, _, counted, *_) in appends if ref in appended
         )
-        return {ref: batch for ref, batch in collections.items() if ref not in appended}
+        moved = {
+            ref
+            for ref, row in review.items()
+            if row.worker is not None
+            and may_confirm(
+                row.history,
+                {collection.allocation_month for collection in collections[ref]},
+                row.worker.current_district,
+                row.worker.last_rebaseline,
+                self._params,
+            )
+        }
+        rest = {ref: batch for ref, batch in collections.items() if ref not in appended}
+        return rest, review, moved
 
     def _add_collections(
         self,

@@ -402,8 +402,9 @@ class MemberHistory:
 #: ``merge_later``'s stored form: the header with ``counted`` more digests, the stored digests,
 #: ``digests``, the stored lines and ``lines``, joined by a newline when there were stored
 #: lines. And ``merge_later``'s timeline answer is then False (nothing to derive) when the
-#: member has no registered worker, or a worker with no re-baseline (rule 11) where
-#: ``district`` says (or ``district`` is None); otherwise the history must be read.
+#: member has no registered worker, or ``district`` is None, or the worker has no
+#: re-baseline (rule 11) and is where ``district`` says; otherwise it may be True, and
+#: ``may_confirm`` on the history after the append tells.
 LaterMonths = tuple[bytes, bytes, int, str, str, "tuple[int, int] | None"]
 
 

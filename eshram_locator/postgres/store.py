@@ -234,6 +234,15 @@ _COUNT = (
 )
 _STORED_DIGESTS = f"substring(m.history FROM 6 FOR 8 * {_COUNT})"
 _NEW_DIGEST = "substring(%(digests)b FROM u.digest_start{offset} FOR 8)"
+# A row appended to whose worker's timeline may have changed (merge_later's answer True: a new
+# month with presence away from the worker's current district, or a re-baseline, rule 11): the
+# statement returns it whole (``_MEMBER_STATE``), for the rules to look at; the others, only
+# their member ref.
+_REVIEW = (
+    "(m.uan IS NOT NULL AND m.worker_state_lgd IS NOT NULL AND u.state <> 0"
+    " AND (m.worker_rebaseline IS NOT NULL"
+    " OR (m.worker_state_lgd, m.worker_district_lgd) <> (u.state, u.district)))"
+)
 _APPEND_HISTORIES = (
     "UPDATE members AS m SET history = CASE WHEN m.history IS NULL"
     " THEN '\\x01'::bytea || int4send(u.counted)"
@@ -256,14 +265,15 @@ _APPEND_HISTORIES = (
     " WHERE m.member_ref = u.ref"
     " AND coalesce(m.history_last_month, CASE WHEN m.history IS NULL THEN '' END) < u.first"
     " AND (m.uan IS NOT NULL OR m.deregistered_at IS NULL)"
-    " AND (m.uan IS NULL OR m.worker_state_lgd IS NULL OR m.worker_rebaseline IS NULL"
-    " AND (u.state = 0"
-    " OR (m.worker_state_lgd, m.worker_district_lgd) = (u.state, u.district)))"
     " AND CASE WHEN m.history IS NULL THEN true"
     f" WHEN u.counted = 1 THEN position({_NEW_DIGEST.format(offset='')} IN {_STORED_DIGESTS}) = 0"
     " ELSE NOT EXISTS (SELECT FROM generate_series(0, u.counted - 1) AS i"
     f" WHERE position({_NEW_DIGEST.format(offset=' + 8 * i')} IN {_STORED_DIGESTS}) > 0) END"
-    " RETURNING m.member_ref"
+    " RETURNING m.member_ref, "
+    + ", ".join(
+        f"CASE WHEN {_REVIEW} THEN {column} END"
+        for column in _MEMBER_STATE.format(history="m.history").split(", ")[1:]
+    )
 )
 
 
@@ -415,17 +425,22 @@ class LocatorStore:
                 f"{len(members) - updated} of {len(members)} member rows changed since read"
             )
 
-    def append_histories(self, appends: Sequence[tuple[str, LaterMonths]]) -> set[str]:
+    def append_histories(
+        self, appends: Sequence[tuple[str, LaterMonths]]
+    ) -> tuple[set[str], dict[str, MemberRow]]:
         """Append each member's ``LaterMonths`` to its stored history without reading it, in
-        one statement, where that is what ``MemberHistory.merge_later`` would store and its
-        timeline answer is False (see ``LaterMonths``): the row exists, its history's last
-        month (``history_last_month``) is before ``first_month``, no digest is already
-        stored, the member is registered or was never deregistered (else late collections of a
-        deleted worker may be skipped), and it has no worker head, or one with no re-baseline
-        where ``district`` places it. Returns the member refs appended; the others are left
-        as they were, to be locked and read. Rows are written (and locked) in member order."""
+        one statement, where that is what ``MemberHistory.merge_later`` would store: the row
+        exists, its history's last month (``history_last_month``) is before ``first_month``,
+        no digest is already stored, and the member is registered or was never deregistered
+        (else late collections of a deleted worker may be skipped). Rows are written (and
+        locked) in member order; the others are left as they were, to be locked and read.
+
+        Returns the member refs appended, and the rows among them, as read after the append
+        and locked, whose worker's timeline may have changed (``merge_later``'s answer would
+        be True; see ``LaterMonths``): registered, with a new month of presence away from the
+        worker's current district, or a re-baseline."""
         if not appends:
-            return set()
+            return set(), {}
         refs, later = zip(*sorted(appends), strict=True)  # member refs are unique
         digests, lines, counts, firsts, lasts, districts = zip(*later, strict=True)
         packed_digests, digest_starts, _ = _pack_bytes(digests)
@@ -447,8 +462,18 @@ class LocatorStore:
                 "states": ",".join([str(d[0]) if d else "0" for d in districts]),
                 "districts": ",".join([str(d[1]) if d else "0" for d in districts]),
             },
+            binary=True,
         ).fetchall()
-        return {ref for (ref,) in rows}
+        appended: set[str] = set()
+        review: dict[str, MemberRow] = {}
+        for ref, version, uan, deregistered_at, stored, *head in rows:
+            appended.add(ref)
+            if version is not None:
+                history = MemberHistory.from_bytes(stored)
+                review[ref] = MemberRow(
+                    ref, version, uan, deregistered_at, history, _head(uan, head)
+                )
+        return appended, review
 
     def set_member_uans(
         self, assignments: Sequence[tuple[str, str | None]], rows: Mapping[str, MemberRow] = {}

@@ -469,15 +469,22 @@ def _later(ref: str, month: str, where: Location = HOME, **changes: Any) -> Rati
     return replace(COLLECTION, **(fields | changes))
 
 
-def test_later_months_are_appended_unread_only_where_the_merge_finds_nothing_to_derive(
+def test_later_months_are_appended_unread_as_the_merge_would_store_them(
     store: LocatorStore, fresh_database: str
 ) -> None:
     """``append_histories`` writes exactly what reading the row and ``merge_later`` would
-    store, and only where no rule could give another answer; every other row stays as it was,
-    for the batch to lock and read."""
+    store, where that needs no read (months after the stored ones, no transaction counted
+    before, no deleted worker's collections to skip); every other row stays as it was, for the
+    batch to lock and read. It returns the rows whose timeline may have changed (the merge's
+    answer True, and any with a re-baseline), as they are after the append."""
     at_home = WorkerHead("100000000001", HOME.state_lgd, HOME.district_lgd, None)
     rebaselined = WorkerHead("100000000002", HOME.state_lgd, HOME.district_lgd, "2024-02")
-    registered = {"MR-HOME": at_home, "MR-AWAY": at_home, "MR-REBASELINED": rebaselined}
+    registered = {
+        "MR-HOME": at_home,
+        "MR-AWAY": at_home,
+        "MR-REBASELINED": rebaselined,
+        "MR-REBASELINED-OTP": rebaselined,
+    }
     earlier = {  # each member's stored collections
         "MR-EMPTY": [],
         "MR-HOME": [_later("MR-HOME", "2024-02"), _later("MR-HOME", "2024-03")],
@@ -486,6 +493,7 @@ def test_later_months_are_appended_unread_only_where_the_merge_finds_nothing_to_
         "MR-SEEN": [_later("MR-SEEN", "2024-03")],
         "MR-AWAY": [_later("MR-AWAY", "2024-03")],
         "MR-REBASELINED": [_later("MR-REBASELINED", "2024-03")],
+        "MR-REBASELINED-OTP": [_later("MR-REBASELINED-OTP", "2024-03")],
         "MR-DEREGISTERED": [_later("MR-DEREGISTERED", "2024-03")],
         "MR-NO-LAST-MONTH": [_later("MR-NO-LAST-MONTH", "2024-03")],
     }
@@ -497,6 +505,9 @@ def test_later_months_are_appended_unread_only_where_the_merge_finds_nothing_to_
         "MR-SEEN": [_later("MR-SEEN", "2024-04", transaction_id="T-2024-03")],  # counted
         "MR-AWAY": [_later("MR-AWAY", "2024-04", where=WORK)],
         "MR-REBASELINED": [_later("MR-REBASELINED", "2024-04")],
+        "MR-REBASELINED-OTP": [  # no presence: nothing to derive
+            _later("MR-REBASELINED-OTP", "2024-04", where=WORK, auth_mode=AuthMode.OTP)
+        ],
         "MR-DEREGISTERED": [_later("MR-DEREGISTERED", "2024-04")],
         "MR-NO-LAST-MONTH": [_later("MR-NO-LAST-MONTH", "2024-04")],
         "MR-NO-ROW": [_later("MR-NO-ROW", "2024-04")],
@@ -521,8 +532,16 @@ def test_later_months_are_appended_unread_only_where_the_merge_finds_nothing_to_
     appends = [(ref, later_months(collections)) for ref, collections in batch.items()]
     assert all(later is not None for _, later in appends)
     with store.unit_of_work():
-        appended = store.append_histories(appends)  # type: ignore[arg-type]
-    assert appended == {"MR-EMPTY", "MR-HOME", "MR-UNREGISTERED"}
+        appended, review = store.append_histories(appends)  # type: ignore[arg-type]
+    assert appended == {
+        "MR-EMPTY",
+        "MR-HOME",
+        "MR-UNREGISTERED",
+        "MR-AWAY",
+        "MR-REBASELINED",
+        "MR-REBASELINED-OTP",
+    }
+    assert review.keys() == {"MR-AWAY", "MR-REBASELINED"}
     with psycopg.connect(fresh_database) as conn:
         after = {
             ref: (history, last_month)
@@ -537,9 +556,19 @@ def test_later_months_are_appended_unread_only_where_the_merge_finds_nothing_to_
             assert ref == "MR-NO-ROW" or after[ref][0] == before[ref], ref
             continue
         merged = MemberHistory.from_bytes(before[ref])
-        current = registered[ref].current_district if ref in registered else None
-        assert merged.merge_later(collections, current, None) == (len(collections), False)
+        head = registered.get(ref)
+        counted, moves = merged.merge_later(  # type: ignore[misc]
+            collections,
+            None if head is None else head.current_district,
+            None if head is None else head.last_rebaseline,
+        )
+        assert counted == len(collections)
+        assert ref in review or not moves  # a re-baseline is returned even where it is old
         assert after[ref] == (merged.to_bytes(), max(c.allocation_month for c in collections))
+        if ref in review:
+            row = review[ref]
+            assert row.history.to_bytes() == merged.to_bytes()
+            assert (row.member_ref, row.uan, row.worker) == (ref, head.uan, head)  # type: ignore[union-attr]
 
 
 def test_every_write_of_a_history_keeps_its_last_month(
