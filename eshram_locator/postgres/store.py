@@ -228,9 +228,9 @@ SESSION_OPTIONS = (
 # and the new lines follow the stored ones (a newline between, when there are stored lines). A
 # digest found at any offset of the stored ones leaves the row to be read (``position`` does
 # not know their 8-byte boundaries: a false find costs a read, never a wrong history).
-_COUNT = (
-    "(get_byte(m.history, 1) << 24 | get_byte(m.history, 2) << 16"
-    " | get_byte(m.history, 3) << 8 | get_byte(m.history, 4))"
+_COUNT = (  # (<< and | bind alike in SQL: each shift in parentheses)
+    "((get_byte(m.history, 1) << 24) | (get_byte(m.history, 2) << 16)"
+    " | (get_byte(m.history, 3) << 8) | get_byte(m.history, 4))"
 )
 _STORED_DIGESTS = f"substring(m.history FROM 6 FOR 8 * {_COUNT})"
 _NEW_DIGEST = "substring(%(digests)b FROM u.digest_start{offset} FOR 8)"

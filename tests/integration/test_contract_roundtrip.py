@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -72,6 +73,7 @@ from eshram_locator.topics import TopicNames
 from tests.integration.locator_support import worker_heads_astray
 from tests.unit.test_avro_codec import _FakeRegistry
 from tests.unit.test_history_merge import add_collection
+from tests.unit.test_history_merge import appended as appended_form
 
 pytestmark = pytest.mark.integration
 
@@ -569,6 +571,35 @@ def test_later_months_are_appended_unread_as_the_merge_would_store_them(
             row = review[ref]
             assert row.history.to_bytes() == merged.to_bytes()
             assert (row.member_ref, row.uan, row.worker) == (ref, head.uan, head)  # type: ignore[union-attr]
+
+
+def test_a_history_of_any_digest_count_is_appended_to_whole(
+    store: LocatorStore, fresh_database: str
+) -> None:
+    """The statement reads the stored digest count (4 bytes, big-endian) itself: each of the
+    four bytes counts."""
+    line = b"2024-030" + orjson.dumps([1, ["FPS-1"], []])
+    counts = (1, 255, 256, 65_535, 65_536, 70_000)
+    stored = {
+        f"MR-D{count}": b"\x01" + count.to_bytes(4, "big") + bytes(8 * count) + line
+        for count in counts
+    }
+    with psycopg.connect(fresh_database) as conn:
+        for ref, history in stored.items():
+            conn.execute(
+                "INSERT INTO members (member_ref, history, history_last_month)"
+                " VALUES (%s, %s, '2024-03')",
+                (ref, history),
+            )
+    later = later_months([_later("MR-D", "2024-04", transaction_id="new")])
+    assert later is not None
+    with store.unit_of_work():
+        appended, _ = store.append_histories([(ref, later) for ref in stored])
+    assert appended == set(stored)
+    with psycopg.connect(fresh_database) as conn:
+        after = dict(conn.execute("SELECT member_ref, history FROM members").fetchall())
+    for ref in appended:
+        assert after[ref] == appended_form(stored[ref], later), ref
 
 
 def test_every_write_of_a_history_keeps_its_last_month(
