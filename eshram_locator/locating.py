@@ -152,8 +152,9 @@ class Locator:
     ) -> tuple[Mapping[str, list[RationCollection]], dict[str, MemberRow], set[str]]:
         """The common member first, without a read before the write: collections of months
         after every stored one are appended to the stored history in one statement
-        (``LaterMonths``), as ``_add_collections`` would store them. Members a registration
-        of the batch names are always read first.
+        (``LaterMonths``), as ``_add_collections`` would store them, and a member not stored
+        yet is inserted with them. Members a registration of the batch names are always read
+        first.
 
         Returns the collections left to add after reading their members, the rows appended
         whose worker's timeline may have changed (locked, as the append left them), and those

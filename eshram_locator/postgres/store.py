@@ -277,6 +277,23 @@ _APPEND_HISTORIES = (
 )
 
 
+# LocatorStore.append_histories's second statement: members not stored yet, with their history.
+_INSERT_HISTORIES = (
+    "INSERT INTO members (member_ref, history, history_last_month)"
+    " SELECT u.ref, '\\x01'::bytea || int4send(u.counted)"
+    " || substring(%(digests)b FROM u.digest_start FOR 8 * u.counted)"
+    " || substring(%(lines)b FROM u.line_start FOR u.line_length), u.last"
+    " FROM unnest(string_to_array(%(refs)s, %(separator)s),"
+    " string_to_array(%(digest_starts)s, ',')::int[],"
+    " string_to_array(%(counts)s, ',')::int[],"
+    " string_to_array(%(line_starts)s, ',')::int[],"
+    " string_to_array(%(line_lengths)s, ',')::int[],"
+    " string_to_array(%(lasts)s, %(separator)s))"
+    " AS u(ref, digest_start, counted, line_start, line_length, last)"
+    " ON CONFLICT DO NOTHING RETURNING member_ref"
+)
+
+
 def observation_key(source: str, transaction_id: str) -> str:
     """The idempotency key of rule 8: transaction ids are unique per PDS, not nationally."""
     return f"{source}/{transaction_id}"
@@ -289,6 +306,29 @@ def _members_query(*, lock: bool) -> str:
         " WHERE m.member_ref = ANY(string_to_array(%s, %s)) ORDER BY m.member_ref"
     )
     return query + " FOR UPDATE OF m" if lock else query
+
+
+def _append_parameters(appends: Sequence[tuple[str, LaterMonths]]) -> dict[str, str | bytes]:
+    """``append_histories``'s statements' parameters, in the order of ``appends``."""
+    refs, later = zip(*appends, strict=True)
+    digests, lines, counts, firsts, lasts, districts = zip(*later, strict=True)
+    packed_digests, digest_starts, _ = _pack_bytes(digests)
+    packed_lines, line_starts, line_lengths = _pack_bytes(lines)
+    return {
+        "digests": packed_digests,
+        "lines": packed_lines,
+        "refs": _pack(refs)[0],
+        "separator": _UNIT_SEPARATOR,
+        "digest_starts": digest_starts,
+        "line_starts": line_starts,
+        "line_lengths": line_lengths,
+        "counts": ",".join(map(str, counts)),
+        "firsts": _pack(firsts)[0],
+        "lasts": _pack(lasts)[0],
+        # 0: no district (LGD codes start at 1)
+        "states": ",".join([str(d[0]) if d else "0" for d in districts]),
+        "districts": ",".join([str(d[1]) if d else "0" for d in districts]),
+    }
 
 
 class LocatorStore:
@@ -433,7 +473,9 @@ class LocatorStore:
         exists, its history's last month (``history_last_month``) is before ``first_month``,
         no digest is already stored, and the member is registered or was never deregistered
         (else late collections of a deleted worker may be skipped). Rows are written (and
-        locked) in member order; the others are left as they were, to be locked and read.
+        locked) in member order. A member not stored yet is inserted, unregistered, with its
+        ``LaterMonths`` as its history (as ``lock_members`` would insert it, and the merge
+        fill it). The others are left as they were, to be locked and read.
 
         Returns the member refs appended, and the rows among them, as read after the append
         and locked, whose worker's timeline may have changed (``merge_later``'s answer would
@@ -441,38 +483,22 @@ class LocatorStore:
         worker's current district, or a re-baseline."""
         if not appends:
             return set(), {}
-        refs, later = zip(*sorted(appends), strict=True)  # member refs are unique
-        digests, lines, counts, firsts, lasts, districts = zip(*later, strict=True)
-        packed_digests, digest_starts, _ = _pack_bytes(digests)
-        packed_lines, line_starts, line_lengths = _pack_bytes(lines)
-        rows = self._conn.execute(
-            _APPEND_HISTORIES,
-            {
-                "digests": packed_digests,
-                "lines": packed_lines,
-                "refs": _pack(refs)[0],
-                "separator": _UNIT_SEPARATOR,
-                "digest_starts": digest_starts,
-                "line_starts": line_starts,
-                "line_lengths": line_lengths,
-                "counts": ",".join(map(str, counts)),
-                "firsts": _pack(firsts)[0],
-                "lasts": _pack(lasts)[0],
-                # 0: no district (LGD codes start at 1)
-                "states": ",".join([str(d[0]) if d else "0" for d in districts]),
-                "districts": ",".join([str(d[1]) if d else "0" for d in districts]),
-            },
-            binary=True,
-        ).fetchall()
+        appends = sorted(appends)  # member refs are unique
         appended: set[str] = set()
         review: dict[str, MemberRow] = {}
-        for ref, version, uan, deregistered_at, stored, *head in rows:
+        for ref, version, uan, deregistered_at, stored, *head in self._conn.execute(
+            _APPEND_HISTORIES, _append_parameters(appends), binary=True
+        ):
             appended.add(ref)
             if version is not None:
                 history = MemberHistory.from_bytes(stored)
                 review[ref] = MemberRow(
                     ref, version, uan, deregistered_at, history, _head(uan, head)
                 )
+        unseen = [append for append in appends if append[0] not in appended]
+        if unseen:
+            inserted = self._conn.execute(_INSERT_HISTORIES, _append_parameters(unseen))
+            appended.update(ref for (ref,) in inserted)
         return appended, review
 
     def set_member_uans(
