@@ -243,11 +243,14 @@ _REVIEW = (
     " AND (m.worker_rebaseline IS NOT NULL"
     " OR (m.worker_state_lgd, m.worker_district_lgd) <> (u.state, u.district)))"
 )
-_APPEND_HISTORIES = (
-    "UPDATE members AS m SET history = CASE WHEN m.history IS NULL"
-    " THEN '\\x01'::bytea || int4send(u.counted)"
+# A history of the new collections alone (MemberHistory.to_bytes's format tag 1).
+_NEW_HISTORY = (
+    "'\\x01'::bytea || int4send(u.counted)"
     " || substring(%(digests)b FROM u.digest_start FOR 8 * u.counted)"
     " || substring(%(lines)b FROM u.line_start FOR u.line_length)"
+)
+_APPEND_HISTORIES = (
+    f"UPDATE members AS m SET history = CASE WHEN m.history IS NULL THEN {_NEW_HISTORY}"
     f" ELSE overlay(overlay(m.history PLACING substring(%(digests)b FROM u.digest_start"
     f" FOR 8 * u.counted) FROM 6 + 8 * {_COUNT} FOR 0)"
     f" PLACING int4send({_COUNT} + u.counted) FROM 2 FOR 4)"
@@ -280,9 +283,7 @@ _APPEND_HISTORIES = (
 # LocatorStore.append_histories's second statement: members not stored yet, with their history.
 _INSERT_HISTORIES = (
     "INSERT INTO members (member_ref, history, history_last_month)"
-    " SELECT u.ref, '\\x01'::bytea || int4send(u.counted)"
-    " || substring(%(digests)b FROM u.digest_start FOR 8 * u.counted)"
-    " || substring(%(lines)b FROM u.line_start FOR u.line_length), u.last"
+    f" SELECT u.ref, {_NEW_HISTORY}, u.last"
     " FROM unnest(string_to_array(%(refs)s, %(separator)s),"
     " string_to_array(%(digest_starts)s, ',')::int[],"
     " string_to_array(%(counts)s, ',')::int[],"
