@@ -228,6 +228,8 @@ SESSION_OPTIONS = (
 # and the new lines follow the stored ones (a newline between, when there are stored lines). A
 # digest found at any offset of the stored ones leaves the row to be read (``position`` does
 # not know their 8-byte boundaries: a false find costs a read, never a wrong history).
+# history_transactions() (migration 0003) reads the same four bytes through hex text and a bit
+# string; the statement reads them up to four times a row, so it takes them byte by byte.
 _COUNT = (  # (<< and | bind alike in SQL: each shift in parentheses)
     "((get_byte(m.history, 1) << 24) | (get_byte(m.history, 2) << 16)"
     " | (get_byte(m.history, 3) << 8) | get_byte(m.history, 4))"
