@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # Re-install only when the project's dependencies or its C extensions change.
-$(STAMP): pyproject.toml eshram_locator/_collection_reader.c eshram_locator/domain/_history_merge.c
+$(STAMP): pyproject.toml eshram_locator/_collection_reader.c eshram_locator/domain/_history_merge.c \
+		eshram_locator/postgres/_append_parameters.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

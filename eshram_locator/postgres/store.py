@@ -23,6 +23,11 @@ from psycopg.types.json import set_json_loads
 from eshram_locator.domain.history import LaterMonths, MemberHistory
 from eshram_locator.errors import StaleMemberRowError
 
+try:
+    from eshram_locator.postgres import _append_parameters as _compiled_append_parameters
+except ImportError:  # built without a C compiler: _append_parameters packs them in Python
+    _compiled_append_parameters = None  # type: ignore[assignment]
+
 
 @dataclass(slots=True)  # not frozen: one per member read, and a frozen __init__ is 4x slower
 class StoredWorker:
@@ -311,26 +316,55 @@ def _members_query(*, lock: bool) -> str:
     return query + " FOR UPDATE OF m" if lock else query
 
 
-def _append_parameters(appends: Sequence[tuple[str, LaterMonths]]) -> dict[str, str | bytes]:
-    """``append_histories``'s statements' parameters, in the order of ``appends``."""
-    refs, later = zip(*appends, strict=True)
+_APPEND_PARAMETER_NAMES = (
+    "refs",
+    "digests",
+    "lines",
+    "digest_starts",
+    "counts",
+    "line_starts",
+    "line_lengths",
+    "firsts",
+    "lasts",
+    "states",
+    "districts",
+)
+
+
+def _append_parameters(appends: list[tuple[str, LaterMonths]]) -> dict[str, str | bytes]:
+    """``append_histories``'s statements' parameters, in member order (``appends``: member
+    refs distinct): the compiled ``pack`` where it is built (a tenth of the time: the sort,
+    the joins and the decimals in one pass), else ``_append_parameters_in_python``."""
+    if _compiled_append_parameters is None:
+        return _append_parameters_in_python(appends)
+    packed = _compiled_append_parameters.pack(appends, _UNIT_SEPARATOR)
+    parameters: dict[str, str | bytes] = dict(zip(_APPEND_PARAMETER_NAMES, packed, strict=True))
+    parameters["separator"] = _UNIT_SEPARATOR
+    return parameters
+
+
+def _append_parameters_in_python(
+    appends: list[tuple[str, LaterMonths]],
+) -> dict[str, str | bytes]:
+    """``_append_parameters`` in Python (and the compiled one's reference in the tests)."""
+    refs, later = zip(*sorted(appends), strict=True)
     digests, lines, counts, firsts, lasts, districts = zip(*later, strict=True)
     packed_digests, digest_starts, _ = _pack_bytes(digests)
     packed_lines, line_starts, line_lengths = _pack_bytes(lines)
     return {
+        "refs": _pack(refs)[0],
         "digests": packed_digests,
         "lines": packed_lines,
-        "refs": _pack(refs)[0],
-        "separator": _UNIT_SEPARATOR,
         "digest_starts": digest_starts,
+        "counts": ",".join(map(str, counts)),
         "line_starts": line_starts,
         "line_lengths": line_lengths,
-        "counts": ",".join(map(str, counts)),
         "firsts": _pack(firsts)[0],
         "lasts": _pack(lasts)[0],
         # 0: no district (LGD codes start at 1)
         "states": ",".join([str(d[0]) if d else "0" for d in districts]),
         "districts": ",".join([str(d[1]) if d else "0" for d in districts]),
+        "separator": _UNIT_SEPARATOR,
     }
 
 
@@ -486,7 +520,7 @@ class LocatorStore:
         worker's current district, or a re-baseline."""
         if not appends:
             return set(), {}
-        appends = sorted(appends)  # member refs are unique
+        appends = list(appends)  # distinct member refs; the parameters put them in order
         appended: set[str] = set()
         review: dict[str, MemberRow] = {}
         for ref, version, uan, deregistered_at, stored, *head in self._conn.execute(
