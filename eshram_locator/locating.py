@@ -168,9 +168,8 @@ class Locator:
         appended, review = store.append_histories(appends)
         if not appended:
             return collections, {}, set()
-        outcome.new_observations += sum(
-            counted for ref, (_, _, counted, *_) in appends if ref in appended
-        )
+        # LaterMonths' third item: the transactions counted
+        outcome.new_observations += sum(later[2] for ref, later in appends if ref in appended)
         moved = {
             ref
             for ref, row in review.items()
