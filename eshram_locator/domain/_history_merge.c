@@ -23,6 +23,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <datetime.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,6 +209,9 @@ typedef struct {
 
 static struct {
     PyObject *names[12]; /* interned attribute names */
+    /* Where each attribute's slot lies in a RationCollection (names before A_STATE) or a
+     * Location (the others), read directly; 0: read by name (not a plain object slot). */
+    Py_ssize_t offsets[12];
     PyObject *biometric; /* tuple of the biometric AuthMode members */
     PyObject *others;    /* tuple of the other AuthMode members */
     PyObject *collection_type, *location_type; /* RationCollection, Location: slotted */
@@ -234,9 +238,14 @@ static const char *attribute_names[12] = {
     "district_lgd",   "subdistrict_lgd",  "village_town_lgd", "pincode",
 };
 
-/* Borrowed attribute of a RationCollection or Location (checked by type: frozen slotted
- * dataclasses): the object keeps it alive while the caller holds the object. */
+/* Borrowed attribute of a RationCollection or Location (frozen slotted dataclasses: the slot
+ * is read where it lies, as its member descriptor would read it; NULL when it is unset): the
+ * object keeps it alive while the caller holds the object. */
 static PyObject *attribute(PyObject *object, int name) {
+    Py_ssize_t offset = merge.offsets[name];
+    PyObject *owner = name < A_STATE ? merge.collection_type : merge.location_type;
+    if (offset > 0 && (PyObject *)Py_TYPE(object) == owner)
+        return *(PyObject **)((char *)object + offset);
     PyObject *value = PyObject_GetAttr(object, merge.names[name]);
     if (value == NULL) {
         PyErr_Clear();
@@ -244,6 +253,23 @@ static PyObject *attribute(PyObject *object, int name) {
     }
     Py_DECREF(value);
     return value;
+}
+
+/* The offset of a plain object slot ``name`` of ``type`` (its member descriptor's), or 0. */
+static Py_ssize_t slot_offset(PyObject *type, PyObject *name) {
+    PyObject *descriptor = PyObject_GetAttr(type, name);
+    if (descriptor == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_ssize_t offset = 0;
+    if (Py_IS_TYPE(descriptor, &PyMemberDescr_Type)) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descriptor)->d_member;
+        if (member->type == T_OBJECT_EX && !(member->flags & PY_AUDIT_READ))
+            offset = member->offset;
+    }
+    Py_DECREF(descriptor);
+    return offset;
 }
 
 /* A str that JSON writes as it is: printable ASCII, no quote, no backslash. */
@@ -753,6 +779,9 @@ static PyObject *configure(PyObject *module, PyObject *args) {
                 return NULL;
         }
     }
+    for (int i = 0; i < 12; i++)
+        merge.offsets[i] = slot_offset(i < A_STATE ? collection_type : location_type,
+                                       merge.names[i]);
     Py_XSETREF(merge.biometric, Py_NewRef(biometric));
     Py_XSETREF(merge.others, Py_NewRef(others));
     Py_XSETREF(merge.collection_type, Py_NewRef(collection_type));
