@@ -6,11 +6,12 @@
  * ``appends``: a list of (member_ref, LaterMonths) with distinct member refs, LaterMonths being
  * (digests: bytes, lines: bytes, counted: int, first_month: str, last_month: str,
  * district: (state, district) | None). The result is in member-ref order (code points, which is
- * the UTF-8 bytes' order): the texts joined by ``separator`` (refs, first and last months), the
- * byte strings concatenated (digests, lines) with the 1-based starts and the lengths of each
- * as comma-separated decimals, and the counts, states and districts likewise (0 for no
- * district). store._append_parameters is the same in Python, and the reference of the tests.
- * A text holding the separator raises ValueError, as store._pack does. */
+ * the UTF-8 bytes' order): the texts joined by ``separator`` (one ASCII character: refs, first
+ * and last months), the byte strings concatenated (digests, lines) with the 1-based starts
+ * and the lengths of each as comma-separated decimals, and the counts, states and districts
+ * likewise (0 for no district). store._append_parameters_in_python is the same in Python,
+ * and the tests' reference. A text holding the separator raises ValueError, as store._pack
+ * does. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -63,29 +64,14 @@ static int put_number(Buffer *b, long long value) {
     return put(b, at, (Py_ssize_t)(text + sizeof text - at));
 }
 
-/* Whether a key holds the separator (store._pack refuses such keys: it would split them). */
-static int holds(const char *text, Py_ssize_t size, const char *separator,
-                 Py_ssize_t separator_size) {
-    if (separator_size == 1) {
-        if (memchr(text, separator[0], (size_t)size) == NULL)
-            return 0;
+/* A text, after the separator unless it is the first; a text holding the separator is
+ * refused (store._pack refuses such keys: the statement would split them). */
+static int put_text(Buffer *b, const char *text, Py_ssize_t size, char separator, int first) {
+    if (memchr(text, separator, (size_t)size) != NULL) {
         PyErr_SetString(PyExc_ValueError, "a key holds a control character");
-        return 1;
-    }
-    for (Py_ssize_t i = 0; i + separator_size <= size; i++)
-        if (memcmp(text + i, separator, (size_t)separator_size) == 0) {
-            PyErr_SetString(PyExc_ValueError, "a key holds a control character");
-            return 1;
-        }
-    return 0;
-}
-
-/* A text, after the separator unless it is the first. */
-static int put_text(Buffer *b, const char *text, Py_ssize_t size, const char *separator,
-                    Py_ssize_t separator_size, int first) {
-    if (holds(text, size, separator, separator_size))
         return 0;
-    if (!first && !put(b, separator, separator_size))
+    }
+    if (!first && !put(b, &separator, 1))
         return 0;
     return put(b, text, size);
 }
@@ -136,15 +122,14 @@ enum { REFS, DIGESTS, LINES, DIGEST_STARTS, COUNTS, LINE_STARTS, LINE_LENGTHS, F
 
 static PyObject *pack(PyObject *module, PyObject *args) {
     PyObject *appends;
-    const char *separator;
-    Py_ssize_t separator_size;
-    if (!PyArg_ParseTuple(args, "O!s#:pack", &PyList_Type, &appends, &separator,
-                          &separator_size))
+    int code;
+    if (!PyArg_ParseTuple(args, "O!C:pack", &PyList_Type, &appends, &code))
         return NULL;
-    if (separator_size == 0) {
-        PyErr_SetString(PyExc_ValueError, "pack: an empty separator");
+    if (code < 1 || code > 0x7f) {
+        PyErr_SetString(PyExc_ValueError, "pack: the separator is one ASCII character");
         return NULL;
     }
+    char separator = (char)code;
     Py_ssize_t count = PyList_GET_SIZE(appends);
     Item *items = PyMem_Malloc((size_t)(count ? count : 1) * sizeof *items);
     if (items == NULL)
@@ -195,16 +180,15 @@ static PyObject *pack(PyObject *module, PyObject *args) {
         const char *first = utf8(PyTuple_GET_ITEM(later, 3), &first_size);
         const char *last = first ? utf8(PyTuple_GET_ITEM(later, 4), &last_size) : NULL;
         if (last == NULL ||
-            !put_text(&parts[REFS], items[i].ref, items[i].size, separator, separator_size,
-                      i == 0) ||
+            !put_text(&parts[REFS], items[i].ref, items[i].size, separator, i == 0) ||
             !put(&parts[DIGESTS], PyBytes_AS_STRING(digests), digests_size) ||
             !put(&parts[LINES], PyBytes_AS_STRING(lines), lines_size) ||
             !put_number(&parts[DIGEST_STARTS], digest_start) ||
             !put_number(&parts[COUNTS], counted) ||
             !put_number(&parts[LINE_STARTS], line_start) ||
             !put_number(&parts[LINE_LENGTHS], lines_size) ||
-            !put_text(&parts[FIRSTS], first, first_size, separator, separator_size, i == 0) ||
-            !put_text(&parts[LASTS], last, last_size, separator, separator_size, i == 0) ||
+            !put_text(&parts[FIRSTS], first, first_size, separator, i == 0) ||
+            !put_text(&parts[LASTS], last, last_size, separator, i == 0) ||
             !put_number(&parts[STATES], state) || !put_number(&parts[DISTRICTS], district_code))
             goto done;
         digest_start += digests_size;

@@ -250,6 +250,26 @@ _REVIEW = (
     " AND (m.worker_rebaseline IS NOT NULL"
     " OR (m.worker_state_lgd, m.worker_district_lgd) <> (u.state, u.district)))"
 )
+# The append's rows: each column of ``u`` from its parameter (``_append_parameters``).
+_APPEND_COLUMNS = {
+    "ref": "string_to_array(%(refs)s, %(separator)s)",
+    "digest_start": "string_to_array(%(digest_starts)s, ',')::int[]",
+    "counted": "string_to_array(%(counts)s, ',')::int[]",
+    "line_start": "string_to_array(%(line_starts)s, ',')::int[]",
+    "line_length": "string_to_array(%(line_lengths)s, ',')::int[]",
+    "first": "string_to_array(%(firsts)s, %(separator)s)",
+    "last": "string_to_array(%(lasts)s, %(separator)s)",
+    "state": "string_to_array(%(states)s, ',')::int[]",
+    "district": "string_to_array(%(districts)s, ',')::int[]",
+}
+
+
+def _unnest_appends(*columns: str) -> str:
+    """``unnest(..) AS u(columns)`` over the append's parameters, the columns a statement reads."""
+    arrays = ", ".join(_APPEND_COLUMNS[column] for column in columns)
+    return f"unnest({arrays}) AS u({', '.join(columns)})"
+
+
 # A history of the new collections alone (MemberHistory.to_bytes's format tag 1).
 _NEW_HISTORY = (
     "'\\x01'::bytea || int4send(u.counted)"
@@ -264,14 +284,7 @@ _APPEND_HISTORIES = (
     f" || CASE WHEN length(m.history) > 5 + 8 * {_COUNT} THEN '\\x0a'::bytea ELSE ''::bytea END"
     " || substring(%(lines)b FROM u.line_start FOR u.line_length) END,"
     " history_last_month = u.last"
-    " FROM unnest(string_to_array(%(refs)s, %(separator)s),"
-    " string_to_array(%(digest_starts)s, ',')::int[],"
-    " string_to_array(%(counts)s, ',')::int[],"
-    " string_to_array(%(line_starts)s, ',')::int[],"
-    " string_to_array(%(line_lengths)s, ',')::int[],"
-    " string_to_array(%(firsts)s, %(separator)s), string_to_array(%(lasts)s, %(separator)s),"
-    " string_to_array(%(states)s, ',')::int[], string_to_array(%(districts)s, ',')::int[])"
-    " AS u(ref, digest_start, counted, line_start, line_length, first, last, state, district)"
+    f" FROM {_unnest_appends(*_APPEND_COLUMNS)}"
     " WHERE m.member_ref = u.ref"
     " AND coalesce(m.history_last_month, CASE WHEN m.history IS NULL THEN '' END) < u.first"
     " AND (m.uan IS NOT NULL OR m.deregistered_at IS NULL)"
@@ -291,14 +304,9 @@ _APPEND_HISTORIES = (
 _INSERT_HISTORIES = (
     "INSERT INTO members (member_ref, history, history_last_month)"
     f" SELECT u.ref, {_NEW_HISTORY}, u.last"
-    " FROM unnest(string_to_array(%(refs)s, %(separator)s),"
-    " string_to_array(%(digest_starts)s, ',')::int[],"
-    " string_to_array(%(counts)s, ',')::int[],"
-    " string_to_array(%(line_starts)s, ',')::int[],"
-    " string_to_array(%(line_lengths)s, ',')::int[],"
-    " string_to_array(%(lasts)s, %(separator)s))"
-    " AS u(ref, digest_start, counted, line_start, line_length, last)"
-    " ON CONFLICT DO NOTHING RETURNING member_ref"
+    " FROM "
+    + _unnest_appends("ref", "digest_start", "counted", "line_start", "line_length", "last")
+    + " ON CONFLICT DO NOTHING RETURNING member_ref"
 )
 
 
