@@ -200,6 +200,7 @@ typedef struct {
 
 typedef struct {
     Text month, fps, source, transaction;
+    PyObject *month_object; /* borrowed: the collection's allocation_month */
     int64_t us;
     int presence;
     long long state, district;
@@ -272,17 +273,37 @@ static Py_ssize_t slot_offset(PyObject *type, PyObject *name) {
     return offset;
 }
 
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+/* Whether 8 ASCII bytes (each below 0x80) hold one that JSON would not write as it is: a
+ * control character, DEL, a quote or a backslash. Each test is exact for bytes below 0x80. */
+static int unplain_word(uint64_t w) {
+    uint64_t quote = w ^ (ONES * '"'), backslash = w ^ (ONES * '\\'), del = w ^ (ONES * 0x7f);
+    return ((((w - ONES * 0x20) & ~w) | ((quote - ONES) & ~quote) |
+             ((backslash - ONES) & ~backslash) | ((del - ONES) & ~del)) &
+            HIGHS) != 0;
+}
+
+static int unplain_byte(unsigned char byte) {
+    return byte < 0x20 || byte > 0x7e || byte == '"' || byte == '\\';
+}
+
 /* A str that JSON writes as it is: printable ASCII, no quote, no backslash. */
 static int plain_text(PyObject *value, Text *out) {
     if (value == NULL || !PyUnicode_CheckExact(value) || !PyUnicode_IS_ASCII(value))
         return 0;
     const char *text = (const char *)PyUnicode_DATA(value);
-    Py_ssize_t size = PyUnicode_GET_LENGTH(value);
-    for (Py_ssize_t i = 0; i < size; i++) {
-        unsigned char byte = (unsigned char)text[i];
-        if (byte < 0x20 || byte > 0x7e || byte == '"' || byte == '\\')
+    Py_ssize_t size = PyUnicode_GET_LENGTH(value), i = 0;
+    for (; i + 8 <= size; i += 8) { /* eight at a time: ids are 10 to 30 characters */
+        uint64_t word;
+        memcpy(&word, text + i, 8);
+        if (unplain_word(word))
             return 0;
     }
+    for (; i < size; i++)
+        if (unplain_byte((unsigned char)text[i]))
+            return 0;
     out->text = text;
     out->size = size;
     return 1;
@@ -348,10 +369,11 @@ static int read_entry(PyObject *collection, Entry *entry) {
         entry->presence = 0;
     else
         return 0;
+    entry->month_object = attribute(collection, A_MONTH);
     if (!plain_text(attribute(collection, A_SOURCE), &entry->source) ||
         !plain_text(attribute(collection, A_TRANSACTION), &entry->transaction) ||
         !plain_text(attribute(collection, A_FPS), &entry->fps) ||
-        !plain_text(attribute(collection, A_MONTH), &entry->month) ||
+        !plain_text(entry->month_object, &entry->month) ||
         entry->month.size != MONTH_BYTES || !epoch_us(attribute(collection, A_AT), &entry->us) ||
         !small_int(attribute(location, A_STATE), &entry->state) ||
         !small_int(attribute(location, A_DISTRICT), &entry->district))
@@ -612,11 +634,27 @@ static int counted(const unsigned char *digests, Py_ssize_t count, const unsigne
  *      | None
  * The digests and the month lines (tail) after the merge; when nothing was counted, the ones
  * given, and "" for the last month. */
-static PyObject *merge_later(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "merge_later takes 5 arguments");
-        return NULL;
-    }
+/* A tuple of new references, each stolen (on failure too); NULL when any item is NULL. */
+static PyObject *tuple_of(Py_ssize_t n, PyObject **items) {
+    PyObject *tuple = NULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (items[i] == NULL)
+            goto failed;
+    tuple = PyTuple_New(n);
+    if (tuple == NULL)
+        goto failed;
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(tuple, i, items[i]);
+    return tuple;
+failed:
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_XDECREF(items[i]);
+    return NULL;
+}
+
+/* merge_later's work, answered in its form, or in later_months' (later_form: the stored
+ * digests and lines empty, no current district or re-baseline). */
+static PyObject *merge_into(PyObject *const *args, int later_form) {
     if (merge.biometric == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "configure() first");
         return NULL;
@@ -664,6 +702,7 @@ static PyObject *merge_later(PyObject *module, PyObject *const *args, Py_ssize_t
         goto done;
     }
     Py_ssize_t kept = 0;
+    PyObject *first = NULL; /* the earliest month of them all, duplicates too */
     for (Py_ssize_t i = 0; i < n; i++) {
         Entry *e = &entries[kept];
         if (!read_entry(PyList_GET_ITEM(collections, i), e) ||
@@ -671,6 +710,8 @@ static PyObject *merge_later(PyObject *module, PyObject *const *args, Py_ssize_t
             result = Py_NewRef(Py_None);
             goto done;
         }
+        if (first == NULL || memcmp(e->month.text, PyUnicode_DATA(first), MONTH_BYTES) < 0)
+            first = e->month_object;
         if (counted(digests, stored_count, e->digest) || counted(fresh, kept, e->digest))
             continue; /* counted before: MemberHistory.add returns False */
         memcpy(fresh + 8 * kept, e->digest, 8);
@@ -719,14 +760,27 @@ static PyObject *merge_later(PyObject *module, PyObject *const *args, Py_ssize_t
         goto done;
     }
     if (kept == 0) {
-        result = Py_BuildValue("(OOnOsOO)", stored_digests, stored_tail, kept, Py_False, "",
-                               Py_False, Py_None);
+        PyObject *none_later[7] = {Py_NewRef(stored_digests), Py_NewRef(stored_tail),
+                                   PyLong_FromSsize_t(0), Py_NewRef(later_form ? first : Py_False),
+                                   PyUnicode_FromStringAndSize("", 0), Py_NewRef(Py_False),
+                                   Py_NewRef(Py_None)};
+        if (later_form) { /* (digests, lines, 0, first, "", None) */
+            Py_DECREF(none_later[5]);
+            none_later[5] = none_later[6];
+        }
+        result = tuple_of(later_form ? 6 : 7, none_later);
+        goto done;
+    }
+    if (later_form && there_varied) { /* not one monthly district: left to the read */
+        result = Py_NewRef(Py_None);
         goto done;
     }
     /* the new months' monthly district: None (no presence), False (not one district) */
-    PyObject *district = !there_seen     ? Py_NewRef(Py_None)
-                         : there_varied ? Py_NewRef(Py_False)
-                                        : Py_BuildValue("(LL)", there_state, there_district);
+    PyObject *district =
+        !there_seen    ? Py_NewRef(Py_None)
+        : there_varied ? Py_NewRef(Py_False)
+                       : tuple_of(2, (PyObject *[]){PyLong_FromLongLong(there_state),
+                                                    PyLong_FromLongLong(there_district)});
     if (district == NULL)
         goto done;
     /* the stored form after the merge: digests and month lines appended */
@@ -743,11 +797,15 @@ static PyObject *merge_later(PyObject *module, PyObject *const *args, Py_ssize_t
         if (separator)
             t[tail_size] = '\n';
         memcpy(t + tail_size + separator, lines.data, lines.size);
-        const Entry *newest = order[kept - 1];
-        result = Py_BuildValue("(NNnOs#ON)", new_digests, new_tail, kept,
-                               may_move ? Py_True : Py_False, newest->month.text,
-                               (Py_ssize_t)MONTH_BYTES, last_present ? Py_True : Py_False,
-                               district);
+        PyObject *newest = Py_NewRef(order[kept - 1]->month_object);
+        if (later_form) /* (digests, lines, counted, first month, last month, district) */
+            result = tuple_of(6, (PyObject *[]){new_digests, new_tail, PyLong_FromSsize_t(kept),
+                                                Py_NewRef(first), newest, district});
+        else
+            result = tuple_of(7, (PyObject *[]){new_digests, new_tail, PyLong_FromSsize_t(kept),
+                                                Py_NewRef(may_move ? Py_True : Py_False), newest,
+                                                Py_NewRef(last_present ? Py_True : Py_False),
+                                                district});
         new_digests = new_tail = district = NULL;
     }
     Py_XDECREF(district);
@@ -764,6 +822,14 @@ done:
     if (!lines.borrowed)
         free(lines.data);
     return result;
+}
+
+static PyObject *merge_later(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "merge_later takes 5 arguments");
+        return NULL;
+    }
+    return merge_into(args, 0);
 }
 
 static PyObject *configure(PyObject *module, PyObject *args) {
@@ -800,29 +866,7 @@ static PyObject *later_months(PyObject *module, PyObject *collections) {
     if (empty == NULL && (empty = PyBytes_FromStringAndSize(NULL, 0)) == NULL)
         return NULL;
     PyObject *args[5] = {empty, empty, collections, Py_None, Py_None};
-    PyObject *merged = merge_later(module, args, 5);
-    if (merged == NULL || merged == Py_None)
-        return merged;
-    PyObject *district = PyTuple_GET_ITEM(merged, 6);
-    PyObject *first = NULL;
-    if (district != Py_False) {
-        /* merge_later read every collection: each month a 7-byte ASCII str */
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(collections); i++) {
-            PyObject *month = attribute(PyList_GET_ITEM(collections, i), A_MONTH);
-            if (first == NULL || memcmp(PyUnicode_DATA(month), PyUnicode_DATA(first),
-                                        MONTH_BYTES) < 0)
-                first = month;
-        }
-    }
-    PyObject *result;
-    if (first == NULL)
-        result = Py_NewRef(Py_None);
-    else
-        result = PyTuple_Pack(6, PyTuple_GET_ITEM(merged, 0), PyTuple_GET_ITEM(merged, 1),
-                              PyTuple_GET_ITEM(merged, 2), first, PyTuple_GET_ITEM(merged, 4),
-                              district);
-    Py_DECREF(merged);
-    return result;
+    return merge_into(args, 1);
 }
 
 /* sha_extensions(enabled): use the SHA extensions or the portable SHA-256 (tests run both);

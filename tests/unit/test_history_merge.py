@@ -297,6 +297,28 @@ def one(month: str = "2024-03", **changes: object) -> RationCollection:
     return RationCollection(**fields)  # type: ignore[arg-type]
 
 
+# What JSON writes escaped (the compiled merge declines an id holding one), and the characters
+# next to them in ASCII, which it writes as they are. It checks ids eight bytes at a time.
+ESCAPED = [chr(code) for code in range(0x20)] + ['"', "\\", "\x7f", "é"]
+WRITTEN_AS_THEY_ARE = [" ", "!", "#", "[", "]", "~"]
+
+
+@pytest.mark.parametrize("at", range(20))
+def test_an_id_json_would_escape_is_declined_wherever_the_character_is(at: int) -> None:
+    def with_char(char: str) -> str:
+        return "F" * at + char + "F" * (19 - at)
+
+    for char in ESCAPED:
+        for field in ("fps_id", "transaction_id", "source"):
+            assert later_months([one(**{field: with_char(char)})]) is None, (field, char)
+    for char in WRITTEN_AS_THEY_ARE:
+        for field in ("fps_id", "transaction_id", "source"):
+            batch = [one(**{field: with_char(char)})]
+            later = later_months(batch)
+            assert later is not None, (field, char)
+            assert appended(b"", later) == general_path(b"", batch, None, None)[0].to_bytes()
+
+
 def test_what_the_merge_leaves_to_the_general_path() -> None:
     seed = MemberHistory()
     add_all(seed, [one("2024-03", transaction_id="t0")])
