@@ -164,7 +164,7 @@ class Settings(BaseSettings):
     )
     postgres_owner_password: SecretStr | None = Field(
         None,
-        description="Password of the local owner role. Unset: none (the local server trusts connections from this machine).",
+        description="Password of the local owner role. Unset: none (the local server trusts connections from 127.0.0.1).",
     )
     postgres_app_role: str = Field(
         "eshram_app",
@@ -173,7 +173,7 @@ class Settings(BaseSettings):
     )
     postgres_app_password: SecretStr | None = Field(
         None,
-        description="Password of the local application role. Unset: none (the local server trusts connections from this machine).",
+        description="Password of the local application role. Unset: none (the local server trusts connections from 127.0.0.1).",
     )
 
     # --- Local services --------------------------------------------------------------------

@@ -3,8 +3,7 @@
 PostgreSQL refuses to run as root, so when we are root every server command runs as the
 ``postgres`` user (``runuser -u postgres --``) and the data lives where that user can reach it
 (``/var/tmp/eshram-locator/postgres-<port>``, see ``data_dir_for``). ``start`` and ``stop`` are
-idempotent; the server listens on 127.0.0.1 only and keeps its unix socket in its data dir,
-where clients connect (``LocalPostgres.host``).
+idempotent; the server listens on 127.0.0.1 only and keeps its unix socket in its data dir.
 Nothing here reads settings; ``bootstrap`` passes the values in.
 """
 
@@ -74,8 +73,7 @@ def machine_memory_bytes() -> int:
 
 @dataclass(frozen=True, slots=True)
 class LocalRole:
-    """A login role of the local server; ``password`` None: none (the socket and 127.0.0.1 are
-    trusted)."""
+    """A login role of the local server; ``password`` None: none (127.0.0.1 is trusted)."""
 
     name: str
     password: str | None = field(default=None, repr=False)
@@ -101,20 +99,6 @@ def find_bin_dir(root: Path = DEBIAN_POSTGRES_ROOT) -> Path:
             "`apt-get install postgresql` (or set LOCATOR_POSTGRES_DSN to an external database)"
         )
     return max(candidates, key=lambda path: int(path.parent.name))
-
-
-# The longest path of a unix socket (sun_path less its terminating NUL): PostgreSQL makes no
-# socket it cannot name, and libpq could not reach one.
-_SOCKET_PATH_MAX = 107
-
-
-def socket_host(socket_dir: Path, port: int) -> str:
-    """The libpq host for a local server keeping its socket in ``socket_dir``: that directory
-    when the socket's path fits a unix socket address, else 127.0.0.1 (the server listens on
-    both)."""
-    if len(os.fsencode(socket_dir / f".s.PGSQL.{port}")) <= _SOCKET_PATH_MAX:
-        return str(socket_dir)
-    return "127.0.0.1"
 
 
 def data_dir_for(local_dir: Path, port: int) -> Path:
@@ -147,9 +131,7 @@ class LocalPostgres:
 
     def dsn(self, database: str | None = None) -> str:
         """The superuser's DSN: server administration only (roles), never the service."""
-        return make_conninfo(
-            host=self.host, port=str(self.port), dbname=database or self.database, user=SUPERUSER
-        )
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database or self.database}"
 
     def owner_dsn(self, database: str | None = None) -> str:
         """The owner role: owns the database, runs the migrations, creates run databases."""
@@ -159,16 +141,9 @@ class LocalPostgres:
         """The application role the processes run as: rows only, no DDL."""
         return self._role_dsn(self.app, database)
 
-    @property
-    def host(self) -> str:
-        """Where clients connect: the server's unix socket (its directory), or 127.0.0.1 when
-        the socket's path is too long for one. On one machine the socket costs less CPU per
-        round trip and per byte than TCP over loopback (measured in BENCHMARKS.md, change 48)."""
-        return socket_host(self.data_dir, self.port)
-
     def _role_dsn(self, role: LocalRole, database: str | None) -> str:
         return make_conninfo(
-            host=self.host,
+            host="127.0.0.1",
             port=str(self.port),
             dbname=database or self.database,
             user=role.name,

@@ -184,20 +184,6 @@ def test_existing_topic_with_other_cleanup_policy_is_an_error(
         provision_topics(admin, [TopicSpec(name, 1, 1, dict(COMPACT))])
 
 
-def test_the_processes_connect_through_the_unix_socket(
-    settings: Settings, endpoints: bootstrap.Endpoints
-) -> None:
-    """Less CPU per statement than TCP over loopback (BENCHMARKS.md, change 48)."""
-    if not settings.uses_local_postgres:
-        pytest.skip("an external database is configured")
-    for dsn in (endpoints.postgres_dsn, endpoints.owner_dsn):
-        with psycopg.connect(dsn) as conn:
-            row = conn.execute(
-                "SELECT client_addr FROM pg_stat_activity WHERE pid = pg_backend_pid()"
-            ).fetchone()
-        assert row == (None,)  # no client address: a unix socket
-
-
 # --- round trips ---------------------------------------------------------------------------
 
 
