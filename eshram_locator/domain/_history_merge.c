@@ -629,11 +629,6 @@ static int counted(const unsigned char *digests, Py_ssize_t count, const unsigne
     return 0;
 }
 
-/* merge_later(digests, tail, collections, current, last_rebaseline)
- *   -> (digests, tail, transactions counted, may move, last month, last month has presence)
- *      | None
- * The digests and the month lines (tail) after the merge; when nothing was counted, the ones
- * given, and "" for the last month. */
 /* A tuple of new references, each stolen (on failure too); NULL when any item is NULL. */
 static PyObject *tuple_of(Py_ssize_t n, PyObject **items) {
     PyObject *tuple = NULL;
@@ -759,16 +754,16 @@ static PyObject *merge_into(PyObject *const *args, int later_form) {
         PyErr_NoMemory();
         goto done;
     }
-    if (kept == 0) {
-        PyObject *none_later[7] = {Py_NewRef(stored_digests), Py_NewRef(stored_tail),
-                                   PyLong_FromSsize_t(0), Py_NewRef(later_form ? first : Py_False),
-                                   PyUnicode_FromStringAndSize("", 0), Py_NewRef(Py_False),
-                                   Py_NewRef(Py_None)};
-        if (later_form) { /* (digests, lines, 0, first, "", None) */
-            Py_DECREF(none_later[5]);
-            none_later[5] = none_later[6];
-        }
-        result = tuple_of(later_form ? 6 : 7, none_later);
+    if (kept == 0) { /* nothing counted: the stored form as given, "" for the last month */
+        PyObject *zero = PyLong_FromSsize_t(0), *no_month = PyUnicode_FromStringAndSize("", 0);
+        if (later_form)
+            result = tuple_of(6, (PyObject *[]){Py_NewRef(stored_digests), Py_NewRef(stored_tail),
+                                                zero, Py_NewRef(first), no_month,
+                                                Py_NewRef(Py_None)});
+        else
+            result = tuple_of(7, (PyObject *[]){Py_NewRef(stored_digests), Py_NewRef(stored_tail),
+                                                zero, Py_NewRef(Py_False), no_month,
+                                                Py_NewRef(Py_False), Py_NewRef(Py_None)});
         goto done;
     }
     if (later_form && there_varied) { /* not one monthly district: left to the read */
@@ -824,6 +819,11 @@ done:
     return result;
 }
 
+/* merge_later(digests, tail, collections, current, last_rebaseline)
+ *   -> (digests, tail, transactions counted, may move, last month, last month has presence)
+ *      | None
+ * The digests and the month lines (tail) after the merge; when nothing was counted, the ones
+ * given, and "" for the last month. */
 static PyObject *merge_later(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5) {
         PyErr_SetString(PyExc_TypeError, "merge_later takes 5 arguments");
