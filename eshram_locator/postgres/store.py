@@ -345,10 +345,7 @@ def _append_parameters(appends: list[tuple[str, LaterMonths]]) -> dict[str, str 
     the joins and the decimals in one pass), else ``_append_parameters_in_python``."""
     if _compiled_append_parameters is None:
         return _append_parameters_in_python(appends)
-    packed = _compiled_append_parameters.pack(appends, _UNIT_SEPARATOR)
-    parameters: dict[str, str | bytes] = dict(zip(_APPEND_PARAMETER_NAMES, packed, strict=True))
-    parameters["separator"] = _UNIT_SEPARATOR
-    return parameters
+    return _named_append_parameters(_compiled_append_parameters.pack(appends, _UNIT_SEPARATOR))
 
 
 def _append_parameters_in_python(
@@ -359,21 +356,30 @@ def _append_parameters_in_python(
     digests, lines, counts, firsts, lasts, districts = zip(*later, strict=True)
     packed_digests, digest_starts, _ = _pack_bytes(digests)
     packed_lines, line_starts, line_lengths = _pack_bytes(lines)
-    return {
-        "refs": _pack(refs)[0],
-        "digests": packed_digests,
-        "lines": packed_lines,
-        "digest_starts": digest_starts,
-        "counts": ",".join(map(str, counts)),
-        "line_starts": line_starts,
-        "line_lengths": line_lengths,
-        "firsts": _pack(firsts)[0],
-        "lasts": _pack(lasts)[0],
-        # 0: no district (LGD codes start at 1)
-        "states": ",".join([str(d[0]) if d else "0" for d in districts]),
-        "districts": ",".join([str(d[1]) if d else "0" for d in districts]),
-        "separator": _UNIT_SEPARATOR,
-    }
+    return _named_append_parameters(
+        (
+            _pack(refs)[0],
+            packed_digests,
+            packed_lines,
+            digest_starts,
+            ",".join(map(str, counts)),
+            line_starts,
+            line_lengths,
+            _pack(firsts)[0],
+            _pack(lasts)[0],
+            # 0: no district (LGD codes start at 1)
+            ",".join([str(d[0]) if d else "0" for d in districts]),
+            ",".join([str(d[1]) if d else "0" for d in districts]),
+        )
+    )
+
+
+def _named_append_parameters(packed: tuple[str | bytes, ...]) -> dict[str, str | bytes]:
+    """The packed parameters (in ``_APPEND_PARAMETER_NAMES`` order) by name, with the
+    separator the text lists are joined with."""
+    parameters: dict[str, str | bytes] = dict(zip(_APPEND_PARAMETER_NAMES, packed, strict=True))
+    parameters["separator"] = _UNIT_SEPARATOR
+    return parameters
 
 
 class LocatorStore:
