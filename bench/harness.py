@@ -515,6 +515,49 @@ class LocatorGroup:
             time.sleep(0.1)
 
 
+def locator_group(
+    namespace: Namespace,
+    dsn: str,
+    group: str,
+    run_dir: Path,
+    *,
+    processes: int,
+    expected: int,
+    stem: str = "locator",
+    batch_size: int | None = None,
+    fine_timers: bool = False,
+) -> tuple[LocatorGroup, Path]:
+    """``processes`` locator children in consumer group ``group``, and the file that lets them
+    join it: they join together once each is ready (``start_locators``), else the first one
+    ready reads alone for as long as the others take to import and connect (up to two seconds
+    here, on a machine the first one keeps busy), then gives half its partitions back. Files
+    in ``run_dir``: ``<stem>-status.json`` and ``<stem>.log`` for the first child,
+    ``<stem>-status-1.json`` and so on for the others."""
+    start_gate = run_dir / f"{stem}s-start"
+    children = []
+    for index in range(processes):
+        suffix = "" if index == 0 else f"-{index}"
+        status = run_dir / f"{stem}-status{suffix}.json"
+        argv = locator_child_argv(
+            namespace,
+            dsn,
+            group,
+            status,
+            expected=expected,
+            batch_size=batch_size,
+            fine_timers=fine_timers,
+            start_when=start_gate,
+        )
+        children.append(Child(argv, status, run_dir / f"{stem}{suffix}.log"))
+    return LocatorGroup(children), start_gate
+
+
+def start_locators(locators: LocatorGroup, start_gate: Path, timeout_s: float = 120) -> None:
+    """Once every child of ``locator_group`` is ready, let them join their consumer group."""
+    locators.wait_each(lambda s: "ready_at" in s, timeout_s, "locator start")
+    start_gate.touch()
+
+
 def locator_child_argv(
     namespace: Namespace,
     dsn: str,
