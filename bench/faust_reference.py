@@ -62,6 +62,9 @@ from eshram_locator.intake import RawMessage, read_collection, read_registration
 from eshram_locator.locating import baselines_from_json, baselines_to_json
 from eshram_locator.postgres.store import observation_key
 from eshram_locator.records import (
+    ADDRESS_UPDATE_REQUESTED,
+    LOCATION_CHANGED,
+    WORKER_REGISTRATION,
     address_update_requested_to_avro,
     location_changed_from_avro,
     location_changed_to_avro,
@@ -226,7 +229,7 @@ class Reference:
         )
         state["uan"] = uan
         state["reg"] = self.codec.encode(
-            "WorkerRegistration", worker_registration_to_avro(registration)
+            WORKER_REGISTRATION, worker_registration_to_avro(registration)
         ).hex()
         state["baselines"] = baselines_to_json(baselines)
         self.uans[uan] = ref
@@ -242,7 +245,7 @@ class Reference:
     def _registration(self, state: State) -> WorkerRegistration | None:
         if state["reg"] is None:
             return None
-        _, datum = self.codec.decode(bytes.fromhex(state["reg"]), "WorkerRegistration")
+        _, datum = self.codec.decode(bytes.fromhex(state["reg"]), WORKER_REGISTRATION)
         return worker_registration_from_avro(datum)
 
     async def _recompute(self, state: State) -> None:
@@ -266,7 +269,7 @@ class Reference:
         ]
         timeline = derive_timeline(profile, observations, self.params)
         emitted = [
-            location_changed_from_avro(self.codec.decode(bytes.fromhex(body), "LocationChanged")[1])
+            location_changed_from_avro(self.codec.decode(bytes.fromhex(body), LOCATION_CHANGED)[1])
             for _, body in state["emitted"]
         ]
         events = reconcile(profile, timeline, emitted, datetime.now(UTC))
@@ -276,7 +279,7 @@ class Reference:
         last_ms = state["last_request_ms"]
         last = None if last_ms is None else datetime.fromtimestamp(last_ms / 1000, UTC)
         for event in events:
-            body = self.codec.encode("LocationChanged", location_changed_to_avro(event))
+            body = self.codec.encode(LOCATION_CHANGED, location_changed_to_avro(event))
             await self.output.send(key=uan.encode(), value=body)
             self.changes += 1
             if event.change_type is ChangeType.RETRACTED:
@@ -291,7 +294,7 @@ class Reference:
                 await self.output.send(
                     key=uan.encode(),
                     value=self.codec.encode(
-                        "AddressUpdateRequested", address_update_requested_to_avro(request)
+                        ADDRESS_UPDATE_REQUESTED, address_update_requested_to_avro(request)
                     ),
                 )
                 last = as_of

@@ -63,7 +63,12 @@ from eshram_locator.domain.model import (
 from eshram_locator.kafka import clients
 from eshram_locator.kafka.publish import PublishCounts, publish_simulation
 from eshram_locator.kafka.topics import provision_topics, topic_specs
-from eshram_locator.records import ration_collection_to_avro, worker_registration_to_avro
+from eshram_locator.records import (
+    RATION_COLLECTION,
+    WORKER_REGISTRATION,
+    ration_collection_to_avro,
+    worker_registration_to_avro,
+)
 from eshram_locator.settings import Settings
 from eshram_locator.simulator.config import SimulationConfig
 from eshram_locator.simulator.population import Simulation, simulate
@@ -865,7 +870,7 @@ def produce_probe_setup(
             names.registry,
             registration.uan.encode(),
             codec.encode(
-                "WorkerRegistration",
+                WORKER_REGISTRATION,
                 worker_registration_to_avro(registration),
                 topic=names.registry,
             ),
@@ -879,7 +884,7 @@ def produce_probe_setup(
             names.collections,
             collection.member_ref.encode(),
             codec.encode(
-                "RationCollection",
+                RATION_COLLECTION,
                 ration_collection_to_avro(collection),
                 topic=names.collections,
             ),
@@ -984,7 +989,7 @@ def measure_latency(
     movers = {probe_uan(i).encode() for i in range(count) if is_mover(i, move_share)}
     encoded = [
         codec.encode(
-            "RationCollection",
+            RATION_COLLECTION,
             ration_collection_to_avro(
                 _probe_collection(index, _SECOND_MONTH, 12, is_mover(index, move_share))
             ),

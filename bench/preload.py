@@ -65,8 +65,8 @@ from eshram_locator.domain.model import (
 from eshram_locator.domain.months import month_from_index, month_index
 from eshram_locator.kafka import clients
 from eshram_locator.kafka.publish import PublishCounts, publish_simulation
-from eshram_locator.locating import WORKER_REGISTRATION, baselines_to_json, profile_json
-from eshram_locator.records import worker_registration_to_avro
+from eshram_locator.locating import baselines_to_json, profile_json
+from eshram_locator.records import WORKER_REGISTRATION, worker_registration_to_avro
 from eshram_locator.simulator.places import RICE_STATES, STATE_ABBREVIATIONS, SyntheticMap
 from eshram_locator.simulator.planner import DAY_S, IM_PDS, month_start
 from eshram_locator.simulator.population import SimMessage

@@ -46,7 +46,6 @@ from eshram_locator.domain.history import compiled_merge_available
 from eshram_locator.domain.model import RationCollection
 from eshram_locator.errors import PermanentRecordError, RetriableError
 from eshram_locator.intake import (
-    WORKER_REGISTRATION,
     RawMessage,
     dead_letter,
     fast_batch_reader,
@@ -58,6 +57,7 @@ from eshram_locator.intake import (
 from eshram_locator.kafka.relay import OutboxRelay
 from eshram_locator.locating import Locator, RegistryUpdate, by_member
 from eshram_locator.postgres.store import LocatorStore, OutboxRow
+from eshram_locator.records import WORKER_REGISTRATION
 from eshram_locator.topics import TopicNames
 
 log = structlog.get_logger(__name__)

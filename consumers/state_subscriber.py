@@ -49,6 +49,7 @@ from eshram_locator.avro_codec import (
 )
 from eshram_locator.errors import DecodeError, RetriableError, UnknownSchemaError, ValidationError
 from eshram_locator.postgres.migrate import grant_app_role
+from eshram_locator.records import LOCATION_CHANGED
 
 log = structlog.get_logger(__name__)
 
@@ -261,7 +262,7 @@ class StateChange:
 
 
 def read_change(record_name: str, datum: Mapping[str, Any], key: bytes | None) -> StateChange:
-    if record_name != "LocationChanged":
+    if record_name != LOCATION_CHANGED:
         raise DecodeError(f"expected a LocationChanged record, got {record_name}")
     try:
         change = StateChange(

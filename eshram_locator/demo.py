@@ -29,7 +29,7 @@ from eshram_locator.geography import STATES_BY_LGD
 from eshram_locator.kafka import clients
 from eshram_locator.kafka.publish import publish_simulation
 from eshram_locator.kafka.topics import provision_topics, topic_specs
-from eshram_locator.records import location_changed_from_avro
+from eshram_locator.records import LOCATION_CHANGED, location_changed_from_avro
 from eshram_locator.settings import Settings
 from eshram_locator.simulator.accuracy import AccuracyReport, ObservedChange, score
 from eshram_locator.simulator.config import SimulationConfig
@@ -158,7 +158,7 @@ def read_active_changes(dsn: str, codec: AvroCodec) -> list[LocationChanged]:
             "SELECT body FROM location_changes WHERE active ORDER BY uan, effective_month"
         ).fetchall()
     return [
-        location_changed_from_avro(codec.decode(bytes(body), "LocationChanged")[1])
+        location_changed_from_avro(codec.decode(bytes(body), LOCATION_CHANGED)[1])
         for (body,) in rows
     ]
 

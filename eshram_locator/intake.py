@@ -30,13 +30,16 @@ from eshram_locator.domain.model import (
 from eshram_locator.errors import PermanentRecordError, RawAadhaarError, ValidationError
 from eshram_locator.geography import STATES_BY_LGD
 from eshram_locator.postgres.store import OutboxRow
-from eshram_locator.records import ration_collection_from_avro, worker_registration_from_avro
+from eshram_locator.records import (
+    RATION_COLLECTION,
+    WORKER_REGISTRATION,
+    ration_collection_from_avro,
+    worker_registration_from_avro,
+)
 
 if TYPE_CHECKING:
     from confluent_kafka import Message
 
-RATION_COLLECTION = "RationCollection"
-WORKER_REGISTRATION = "WorkerRegistration"
 _UAN = re.compile(r"^\d{12}$")
 
 

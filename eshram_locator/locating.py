@@ -48,6 +48,9 @@ from eshram_locator.postgres.store import (
     observation_key,
 )
 from eshram_locator.records import (
+    ADDRESS_UPDATE_REQUESTED,
+    LOCATION_CHANGED,
+    WORKER_REGISTRATION,
     address_update_requested_to_avro,
     location_changed_from_avro,
     location_changed_to_avro,
@@ -57,10 +60,6 @@ from eshram_locator.records import (
     worker_registration_to_avro,
 )
 from eshram_locator.topics import TopicNames
-
-LOCATION_CHANGED = "LocationChanged"
-ADDRESS_UPDATE_REQUESTED = "AddressUpdateRequested"
-WORKER_REGISTRATION = "WorkerRegistration"
 
 
 @dataclass(frozen=True, slots=True)

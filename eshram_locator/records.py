@@ -399,21 +399,28 @@ def migration_flow_to_avro(flow: MigrationFlow) -> Avro:
 
 # --- by record name -------------------------------------------------------------------------
 
+# The records' short names in avro/ (the codec's names for their schemas).
+RATION_COLLECTION: Final = "RationCollection"
+WORKER_REGISTRATION: Final = "WorkerRegistration"
+LOCATION_CHANGED: Final = "LocationChanged"
+ADDRESS_UPDATE_REQUESTED: Final = "AddressUpdateRequested"
+MIGRATION_FLOW: Final = "MigrationFlow"
+
 FROM_AVRO: Final[dict[str, Callable[[Avro], Any]]] = {
-    "RationCollection": ration_collection_from_avro,
-    "WorkerRegistration": worker_registration_from_avro,
-    "LocationChanged": location_changed_from_avro,
-    "AddressUpdateRequested": address_update_requested_from_avro,
-    "MigrationFlow": migration_flow_from_avro,
+    RATION_COLLECTION: ration_collection_from_avro,
+    WORKER_REGISTRATION: worker_registration_from_avro,
+    LOCATION_CHANGED: location_changed_from_avro,
+    ADDRESS_UPDATE_REQUESTED: address_update_requested_from_avro,
+    MIGRATION_FLOW: migration_flow_from_avro,
 }
 """Record short name -> reader, for code that decodes whatever arrives (``codec.decode``)."""
 
 TO_AVRO: Final[dict[type[Any], tuple[str, Callable[[Any], Avro]]]] = {
-    RationCollection: ("RationCollection", ration_collection_to_avro),
-    WorkerRegistration: ("WorkerRegistration", worker_registration_to_avro),
-    LocationChanged: ("LocationChanged", location_changed_to_avro),
-    AddressUpdateRequested: ("AddressUpdateRequested", address_update_requested_to_avro),
-    MigrationFlow: ("MigrationFlow", migration_flow_to_avro),
+    RationCollection: (RATION_COLLECTION, ration_collection_to_avro),
+    WorkerRegistration: (WORKER_REGISTRATION, worker_registration_to_avro),
+    LocationChanged: (LOCATION_CHANGED, location_changed_to_avro),
+    AddressUpdateRequested: (ADDRESS_UPDATE_REQUESTED, address_update_requested_to_avro),
+    MigrationFlow: (MIGRATION_FLOW, migration_flow_to_avro),
 }
 """Domain type -> (record short name, writer)."""
 

@@ -37,7 +37,7 @@ from eshram_locator.avro_codec import AvroCodec
 from eshram_locator.domain.model import District, LocationChanged, MigrationFlow
 from eshram_locator.intake import RawMessage
 from eshram_locator.kafka.clients import SCRAM_MECHANISM, KafkaCredentials
-from eshram_locator.records import migration_flow_to_avro
+from eshram_locator.records import MIGRATION_FLOW, migration_flow_to_avro
 from eshram_locator.topics import TopicNames
 from streams.flows import (
     PairLedger,
@@ -258,7 +258,7 @@ class StreamsApp:
                         self.config.names.migration_flows,
                         flow_key(flow.month, pair).encode(),
                         self.codec.encode(
-                            "MigrationFlow",
+                            MIGRATION_FLOW,
                             migration_flow_to_avro(flow),
                             topic=self.config.names.migration_flows,
                         ),

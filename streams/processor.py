@@ -23,15 +23,13 @@ from eshram_locator.errors import PermanentRecordError, ValidationError
 
 # The guarded decode (Aadhaar check, masked DLQ copy) is shared with the locator's intake.
 from eshram_locator.intake import RawMessage, dead_letter, decode_guarded, read_registration
-from eshram_locator.records import location_changed_from_avro
+from eshram_locator.records import LOCATION_CHANGED, location_changed_from_avro
 from eshram_locator.topics import TopicNames
 from streams.projection import DEFAULT_PROJECTION, StateProjection, project_change
 from streams.routing import SharingProfile, route
 from streams.worker_view import WorkerView
 
 log = structlog.get_logger(__name__)
-
-LOCATION_CHANGED = "LocationChanged"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,7 @@ from bench.preload import (
 from eshram_locator import bootstrap
 from eshram_locator.domain.aadhaar import find_aadhaar_like, is_aadhaar_like
 from eshram_locator.domain.model import WorkerRegistration
-from eshram_locator.locating import WORKER_REGISTRATION
-from eshram_locator.records import worker_registration_to_avro
+from eshram_locator.records import WORKER_REGISTRATION, worker_registration_to_avro
 from tests.integration.conftest import Pipeline
 
 pytestmark = pytest.mark.integration
