@@ -571,7 +571,6 @@ def locator_child_argv(
     *,
     expected: int,
     batch_size: int | None = None,
-    exit_at_expected: bool = False,
     fine_timers: bool = False,
     start_when: Path | None = None,
 ) -> list[str]:
@@ -593,8 +592,6 @@ def locator_child_argv(
     ]
     if batch_size is not None:
         argv += ["--batch-size", str(batch_size)]
-    if exit_at_expected:
-        argv.append("--exit-at-expected")
     if fine_timers:
         argv.append("--fine-timers")
     if start_when is not None:

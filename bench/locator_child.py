@@ -2,8 +2,7 @@
 """The real locator (``bootstrap.locator_process``), timed: a child process of bench/run and
 bench/batch_sweep. Not meant to be run by hand.
 
-It runs until SIGTERM (or, with --exit-at-expected, until it has consumed --expected messages)
-and writes a JSON status file after every batch (atomically):
+It runs until SIGTERM and writes a JSON status file after every batch (atomically):
 
 * ``first_at``: wall time (``time.time()``) when the first non-empty ``consume()`` returned;
 * ``reached``: the totals and the wall time of the ``on_batch`` call at which ``consumed`` first
@@ -116,9 +115,6 @@ def main() -> int:
     parser.add_argument("--status", type=Path, required=True, help="JSON status file to write.")
     parser.add_argument("--batch-size", type=int, help="LOCATOR_BATCH_SIZE for this run.")
     parser.add_argument(
-        "--exit-at-expected", action="store_true", help="Stop once --expected are consumed."
-    )
-    parser.add_argument(
         "--start-when",
         type=Path,
         help="Join the consumer group only once this file exists (after ready_at): several"
@@ -156,7 +152,6 @@ def main() -> int:
         "rss_trace": [],  # [consumed, VmRSS kB] every 10th batch
         "stage_trace": [],  # [consumed, wall time, {stage: cumulative s}] every 10th batch
     }
-    stopper: list[Callable[[], None]] = []
 
     def report(totals: Totals, *, exited: bool = False) -> None:
         now = time.time()
@@ -187,12 +182,9 @@ def main() -> int:
                 "cpu_s": time.process_time() - FIRST.get("cpu_at_first", 0.0),
                 "vm_hwm_kb": vm_hwm_kb(),
             }
-            if args.exit_at_expected and stopper:
-                stopper[0]()
         write_status(args.status, status)
 
     process = bootstrap.locator_process(settings, endpoints, on_batch=report)
-    stopper.append(process.request_stop)
     process.install_signal_handlers()
     status["ready_at"] = time.time()
     write_status(args.status, status)
