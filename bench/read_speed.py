@@ -15,7 +15,6 @@ librdkafka hands out what it fetched; ``--interleaved`` mixes the partitions ins
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import statistics
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from confluent_kafka import Message
 
-from consumers.locator import LocatorConfig, LocatorProcess
+from consumers.locator import LocatorConfig, LocatorProcess, tune_collector
 from eshram_locator.avro_codec import load_codec
 from eshram_locator.records import to_avro
 from eshram_locator.simulator.config import SimulationConfig
@@ -90,8 +89,7 @@ def main() -> None:
     )
     if args.per_message:
         process._read_batch = None
-    gc.freeze()  # as LocatorProcess.run does
-    gc.set_threshold(100_000, 20, 20)
+    tune_collector()  # as LocatorProcess.run does
     wall_runs, cpu_runs = [], []
     for _ in range(max(1, args.repeat)):
         wall, cpu = time.perf_counter(), time.process_time()

@@ -64,7 +64,6 @@ log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
 
 _BOOTSTRAP_IDLE_AFTER_S = 2.0
-_GC_THRESHOLDS = (100_000, 20, 20)
 
 # glibc's malloc: allocations from this size up get a mapping of their own, unmapped when freed.
 # By default the threshold rises to the largest block freed so far (up to 32 MB), so a batch's
@@ -73,6 +72,19 @@ _GC_THRESHOLDS = (100_000, 20, 20)
 # resident: two processes held 25 to 30 MB more each by the end of a 10-month run (bench).
 _M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
 _MMAP_THRESHOLD_BYTES = 256 * 1024
+
+
+def tune_collector() -> tuple[int, int, int]:
+    """The cyclic collector as a batch needs it; returns the thresholds it had.
+
+    A batch allocates hundreds of thousands of short-lived containers that reference counting
+    frees; with the default thresholds the collector ran every 700 of them and traversed the
+    whole heap every ~70,000 (about 15 % of the CPU per event, measured). The objects that
+    exist now (start-up) are frozen out of its sight, and it runs less often."""
+    gc.freeze()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(100_000, 20, 20)
+    return thresholds
 
 
 def release_large_blocks() -> bool:
@@ -204,13 +216,7 @@ class LocatorProcess:
         signal.signal(signal.SIGINT, self.request_stop)
 
     def run(self) -> Totals:
-        # A batch allocates hundreds of thousands of short-lived containers that reference
-        # counting frees; with the default thresholds the cyclic collector ran every 700 of
-        # them and traversed the whole heap every ~70,000 (about 15 % of the CPU per event,
-        # measured). Startup objects are frozen out of its sight, and it runs less often.
-        gc.freeze()
-        thresholds = gc.get_threshold()
-        gc.set_threshold(*_GC_THRESHOLDS)
+        thresholds = tune_collector()
         if not release_large_blocks():
             log.info("malloc_threshold_unchanged", libc=platform.libc_ver()[0] or "unknown")
         self._consumer.subscribe(
