@@ -250,24 +250,36 @@ _REVIEW = (
     " AND (m.worker_rebaseline IS NOT NULL"
     " OR (m.worker_state_lgd, m.worker_district_lgd) <> (u.state, u.district)))"
 )
+
+
+def _int_array(parameter: str) -> str:
+    """A parameter of decimals joined by commas as ``int[]``: read as an array literal
+    (``int4in`` on each element), not split into texts and cast (``string_to_array(..)::int[]``
+    makes a text and a cast per element: 3 to 4 % of the append's server time, session 22)."""
+    return f"('{{' || %({parameter})s || '}}')::int[]"
+
+
 # The append's rows: each column of ``u`` from its parameter (``_append_parameters``).
 _APPEND_COLUMNS = {
     "ref": "string_to_array(%(refs)s, %(separator)s)",
-    "digest_start": "string_to_array(%(digest_starts)s, ',')::int[]",
-    "counted": "string_to_array(%(counts)s, ',')::int[]",
-    "line_start": "string_to_array(%(line_starts)s, ',')::int[]",
-    "line_length": "string_to_array(%(line_lengths)s, ',')::int[]",
+    "digest_start": _int_array("digest_starts"),
+    "counted": _int_array("counts"),
+    "line_start": _int_array("line_starts"),
+    "line_length": _int_array("line_lengths"),
     "first": "string_to_array(%(firsts)s, %(separator)s)",
     "last": "string_to_array(%(lasts)s, %(separator)s)",
-    "state": "string_to_array(%(states)s, ',')::int[]",
-    "district": "string_to_array(%(districts)s, ',')::int[]",
+    "state": _int_array("states"),
+    "district": _int_array("districts"),
 }
 
 
 def _unnest_appends(*columns: str) -> str:
-    """``unnest(..) AS u(columns)`` over the append's parameters, the columns a statement reads."""
-    arrays = ", ".join(_APPEND_COLUMNS[column] for column in columns)
-    return f"unnest({arrays}) AS u({', '.join(columns)})"
+    """The append's rows as ``u``, the columns a statement reads: each array unnested in the
+    select list of a subquery, in step (a ProjectSet, whose rows go straight to the join),
+    not ``FROM unnest(..)`` (a function scan, which first copies every row into a tuple
+    store: 8 % of the append's server time in-process, session 22)."""
+    arrays = ", ".join(f"unnest({_APPEND_COLUMNS[column]}) AS {column}" for column in columns)
+    return f"(SELECT {arrays}) AS u"
 
 
 # A history of the new collections alone (MemberHistory.to_bytes's format tag 1).
