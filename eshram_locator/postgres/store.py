@@ -252,11 +252,30 @@ _REVIEW = (
 )
 
 
-def _int_array(parameter: str) -> str:
-    """A parameter of decimals joined by commas as ``int[]``: read as an array literal
-    (``int4in`` on each element), not split into texts and cast (``string_to_array(..)::int[]``
-    makes a text and a cast per element: 3 to 4 % of the append's server time, session 22)."""
-    return f"('{{' || %({parameter})s || '}}')::int[]"
+def _int_array(parameter: str = "") -> str:
+    """A parameter of decimals joined by commas (``%s``, or the named one) as ``int[]``: read
+    as an array literal (``int4in`` on each element), not split into texts and cast
+    (``string_to_array(..)::int[]`` makes a text and a cast per element: 3 to 4 % of the
+    append's server time, session 22)."""
+    placeholder = f"%({parameter})s" if parameter else "%s"
+    return f"('{{' || {placeholder} || '}}')::int[]"
+
+
+# A parameter of texts joined by a separator (the next parameter) as ``text[]``.
+_TEXTS = "string_to_array(%s, %s)"
+# A parameter of row versions (``MemberRow.version``) joined by a separator as ``tid[]``.
+_VERSIONS = f"{_TEXTS}::tid[]"
+
+
+def _in_step(alias: str, **arrays: str) -> str:
+    """``FROM`` rows of a batch statement, one per element of its array parameters (column
+    name: array expression), the arrays unnested in step in the select list of a subquery (a
+    ProjectSet, whose rows go straight to the join or insert), not ``FROM unnest(..)`` (a
+    function scan, which first copies every row into a tuple store: 8 % of the append's
+    server time in-process, session 22). ``arrays``: column name = array expression, in
+    the order of the statement's parameters."""
+    columns = ", ".join(f"unnest({array}) AS {name}" for name, array in arrays.items())
+    return f"(SELECT {columns}) AS {alias}"
 
 
 # The append's rows: each column of ``u`` from its parameter (``_append_parameters``).
@@ -274,12 +293,8 @@ _APPEND_COLUMNS = {
 
 
 def _unnest_appends(*columns: str) -> str:
-    """The append's rows as ``u``, the columns a statement reads: each array unnested in the
-    select list of a subquery, in step (a ProjectSet, whose rows go straight to the join),
-    not ``FROM unnest(..)`` (a function scan, which first copies every row into a tuple
-    store: 8 % of the append's server time in-process, session 22)."""
-    arrays = ", ".join(f"unnest({_APPEND_COLUMNS[column]}) AS {column}" for column in columns)
-    return f"(SELECT {arrays}) AS u"
+    """The append's rows as ``u``, the columns a statement reads (``_in_step``)."""
+    return _in_step("u", **{column: _APPEND_COLUMNS[column] for column in columns})
 
 
 # A history of the new collections alone (MemberHistory.to_bytes's format tag 1).
@@ -464,9 +479,7 @@ class LocatorStore:
                 " worker_rebaseline)"
                 " SELECT r, nullif(substr(u, 2), ''), nullif(substr(s, 2), '')::smallint,"
                 " nullif(substr(d, 2), '')::int, nullif(substr(b, 2), '')"
-                " FROM unnest(string_to_array(%s, %s), string_to_array(%s, %s),"
-                " string_to_array(%s, %s), string_to_array(%s, %s), string_to_array(%s, %s))"
-                " AS n(r, u, s, d, b)"
+                f" FROM {_in_step('n', r=_TEXTS, u=_TEXTS, s=_TEXTS, d=_TEXTS, b=_TEXTS)}"
                 " ON CONFLICT DO NOTHING RETURNING member_ref, ctid::text",
                 (
                     *_pack(unseen),
@@ -511,10 +524,9 @@ class LocatorStore:
         updated = self._conn.execute(
             "UPDATE members AS m SET history = substring(%b FROM u.start FOR u.length),"
             " history_last_month = nullif(substr(u.last, 2), '')"
-            " FROM unnest(string_to_array(%s, %s)::tid[], string_to_array(%s, ',')::int[],"
-            " string_to_array(%s, ',')::int[], string_to_array(%s, %s))"
-            " AS u(version, start, length, last)"
-            " WHERE m.ctid = u.version",
+            " FROM "
+            + _in_step("u", version=_VERSIONS, start=_int_array(), length=_int_array(), last=_TEXTS)
+            + " WHERE m.ctid = u.version",
             (
                 histories,
                 *_pack([member.version for member in members]),
@@ -621,14 +633,22 @@ class LocatorStore:
             " baselines, current_state_lgd, current_district_lgd, last_address_request_at,"
             " active_event_ids, updated_at)"
             " SELECT r.uan, r.member_ref, r.registration, r.profile, r.baselines::jsonb,"
-            " r.state::smallint, r.district::int, nullif(substr(r.requested, 2), '')::timestamptz,"
+            " r.state, r.district, nullif(substr(r.requested, 2), '')::timestamptz,"
             " string_to_array(substr(r.active, 2), ' '), now()"
-            " FROM unnest(string_to_array(%s, %s), string_to_array(%s, %s), %b::bytea[],"
-            " %b::bytea[], string_to_array(%s, %s), string_to_array(%s, ','),"
-            " string_to_array(%s, ','), string_to_array(%s, %s), string_to_array(%s, %s))"
-            " AS r(uan, member_ref, registration, profile, baselines, state, district,"
-            " requested, active)"
-            " ON CONFLICT (uan) DO UPDATE SET member_ref = EXCLUDED.member_ref,"
+            " FROM "
+            + _in_step(
+                "r",
+                uan=_TEXTS,
+                member_ref=_TEXTS,
+                registration="%b::bytea[]",
+                profile="%b::bytea[]",
+                baselines=_TEXTS,
+                state=_int_array(),
+                district=_int_array(),
+                requested=_TEXTS,
+                active=_TEXTS,
+            )
+            + " ON CONFLICT (uan) DO UPDATE SET member_ref = EXCLUDED.member_ref,"
             " registration = EXCLUDED.registration,"
             " profile = EXCLUDED.profile,"
             " baselines = EXCLUDED.baselines,"
@@ -672,12 +692,14 @@ class LocatorStore:
         if not changed:
             return
         written = self._conn.execute(
-            "UPDATE members AS m SET worker_state_lgd = u.state::smallint,"
-            " worker_district_lgd = u.district::int,"
+            "UPDATE members AS m SET worker_state_lgd = u.state,"
+            " worker_district_lgd = u.district,"
             " worker_rebaseline = nullif(substr(u.rebaseline, 2), '')"
-            " FROM unnest(string_to_array(%s, %s)::tid[], string_to_array(%s, ','),"
-            " string_to_array(%s, ','), string_to_array(%s, %s))"
-            " AS u(version, state, district, rebaseline) WHERE m.ctid = u.version"
+            " FROM "
+            + _in_step(
+                "u", version=_VERSIONS, state=_int_array(), district=_int_array(), rebaseline=_TEXTS
+            )
+            + " WHERE m.ctid = u.version"
             + _RETURNING_STATE,
             (
                 *_pack([row.version for row, _ in changed]),
@@ -699,16 +721,23 @@ class LocatorStore:
         if not workers:
             return
         self._conn.execute(
-            "WITH saved AS (UPDATE workers AS w SET current_state_lgd = u.state::smallint,"
-            " current_district_lgd = u.district::int,"
+            "WITH saved AS (UPDATE workers AS w SET current_state_lgd = u.state,"
+            " current_district_lgd = u.district,"
             " last_address_request_at = nullif(substr(u.requested, 2), '')::timestamptz,"
             " active_event_ids = string_to_array(substr(u.active, 2), ' '),"
             " profile = coalesce(convert_to(nullif(substr(u.profile, 2), ''), 'UTF8'), w.profile),"
             " updated_at = now()"
-            " FROM unnest(string_to_array(%s, %s), string_to_array(%s, ','),"
-            " string_to_array(%s, ','), string_to_array(%s, %s), string_to_array(%s, %s),"
-            " string_to_array(%s, %s)) AS u(uan, state, district, requested, active, profile)"
-            f" WHERE w.uan = u.uan RETURNING {_HEAD_RETURNING}) {_MIRROR_HEADS}",
+            " FROM "
+            + _in_step(
+                "u",
+                uan=_TEXTS,
+                state=_int_array(),
+                district=_int_array(),
+                requested=_TEXTS,
+                active=_TEXTS,
+                profile=_TEXTS,
+            )
+            + f" WHERE w.uan = u.uan RETURNING {_HEAD_RETURNING}) {_MIRROR_HEADS}",
             (
                 *_pack([w.uan for w in workers]),
                 ",".join(str(w.current_state_lgd) for w in workers),
@@ -776,11 +805,18 @@ class LocatorStore:
             " detected_at, body)"
             " SELECT c.event_id::uuid, c.uan, c.change_type, c.month, c.active::boolean,"
             " c.detected::timestamptz, decode(c.body, 'hex')"
-            " FROM unnest(string_to_array(%s, %s), string_to_array(%s, %s),"
-            " string_to_array(%s, %s), string_to_array(%s, %s), string_to_array(%s, %s),"
-            " string_to_array(%s, %s), string_to_array(%s, %s))"
-            " AS c(event_id, uan, change_type, month, active, detected, body)"
-            " ON CONFLICT (event_id) DO UPDATE SET active = EXCLUDED.active",
+            " FROM "
+            + _in_step(
+                "c",
+                event_id=_TEXTS,
+                uan=_TEXTS,
+                change_type=_TEXTS,
+                month=_TEXTS,
+                active=_TEXTS,
+                detected=_TEXTS,
+                body=_TEXTS,
+            )
+            + " ON CONFLICT (event_id) DO UPDATE SET active = EXCLUDED.active",
             (
                 *_pack([c.event_id for c in changes]),
                 *_pack([c.uan for c in changes]),
