@@ -559,7 +559,16 @@ def test_later_months_are_appended_unread_as_the_merge_would_store_them(
             "SELECT uan, deregistered_at, worker_state_lgd FROM members"
             " WHERE member_ref = 'MR-NO-ROW'"
         ).fetchone()
+        versions = dict(
+            conn.execute(
+                "SELECT member_ref, ctid::text FROM members WHERE member_ref = ANY(%s)",
+                (list(review),),
+            ).fetchall()
+        )
     assert inserted == (None, None, None)
+    # the rows to review as they are after the append (the version the next write checks)
+    assert {ref: row.version for ref, row in review.items()} == versions
+    assert all(row.deregistered_at is None for row in review.values())
     for ref, collections in batch.items():
         if ref not in appended:
             assert after[ref][0] == before[ref], ref
