@@ -34,7 +34,8 @@
  * Frozen slotted dataclasses are filled slot by slot, as PyMember_SetOne fills them for their
  * generated __init__ (through object.__setattr__), without its per-field Python calls.
  * Equal shop locations and item lists are shared through caches keyed by their encoded bytes
- * (tables of their own, see Table). Strings are checked eight bytes at a time.
+ * (tables of their own, see Table), and so are the strings of fields with few distinct values
+ * (source, shop id, month). Strings are checked eight bytes at a time.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -94,6 +95,7 @@ static struct {
     unsigned char states[256];
     Table locations;  /* encoded bytes -> Location */
     Table item_lists; /* encoded bytes -> tuple of CollectionItem */
+    Table texts;      /* a str -> itself: the few-valued fields (sources, shops, months) */
 } reader;
 
 typedef struct {
@@ -455,6 +457,21 @@ static PyObject *cache(Table *cache, const unsigned char *start, Cursor *c, uint
     return made;
 }
 
+/* The str of the ASCII text[0:size] (the buffer goes on to end), shared with every equal one
+   read before: a new reference, NULL on a Python error. For fields with few distinct values,
+   where a lookup costs less than a new str and its release. */
+static PyObject *shared_text(const unsigned char *text, Py_ssize_t size,
+                             const unsigned char *end) {
+    uint64_t hash = hash_bytes(text, size, end);
+    Entry *entry = table_find(&reader.texts, text, size, hash);
+    if (entry != NULL)
+        return Py_NewRef(entry->value);
+    PyObject *made = text_object(text, size);
+    if (made != NULL && table_add(&reader.texts, CACHE_MAX, hash, made, made) < 0)
+        Py_CLEAR(made);
+    return made;
+}
+
 /* An optional int: 0 (*present 0 for None), or -1 for the general path. */
 static int read_optional_int(Cursor *c, int *present, long *value) {
     int64_t branch;
@@ -736,15 +753,15 @@ static PyObject *collection_of(const unsigned char *body, Py_ssize_t size, const
     }
     PyObject *values[COLLECTION_FIELDS] = {
         text_object(transaction, transaction_size),
-        text_object(source, source_size),
+        shared_text(source, source_size, c.end),
         text_object(card, card_size),
         text_object(member, member_size),
         Py_NewRef(PyTuple_GET_ITEM(reader.auth_modes, auth)),
-        text_object(fps, fps_size),
+        shared_text(fps, fps_size, c.end),
         location,
         PyLong_FromLong(card_state),
         Py_NewRef(PyTuple_GET_ITEM(reader.portabilities, portability)),
-        text_object(month, month_size),
+        shared_text(month, month_size, c.end),
         timestamp(millis),
         items,
     };
@@ -1193,6 +1210,7 @@ static PyObject *configure(PyObject *module, PyObject *args) {
     Py_XSETREF(reader.utc, Py_NewRef(PyDateTime_DATE_GET_TZINFO(epoch)));
     table_free(&reader.locations);
     table_free(&reader.item_lists);
+    table_free(&reader.texts);
     reader.configured = 1;
     Py_RETURN_NONE;
 }

@@ -337,7 +337,16 @@ def test_reading_leaks_no_reference() -> None:
     bad_item = without_items(COLLECTION) + zigzag(1) + item_bytes("R", "S", -1) + zigzag(0)
     first = read(good, key)
     assert first is not None
-    shared = (None, AuthMode.FINGERPRINT, Portability.NONE, first.fps_location, first.items)
+    shared = (
+        None,
+        AuthMode.FINGERPRINT,
+        Portability.NONE,
+        first.fps_location,
+        first.items,
+        first.source,
+        first.fps_id,
+        first.allocation_month,
+    )
     before = [sys.getrefcount(value) for value in shared]
     for _ in range(2_000):
         read(good, key)
@@ -357,6 +366,10 @@ def test_equal_parts_are_shared() -> None:
     assert two is not None
     assert one.fps_location is two.fps_location
     assert one.items is two.items
+    # the fields with few distinct values
+    assert one.source is two.source
+    assert one.fps_id is two.fps_id
+    assert one.allocation_month is two.allocation_month
 
 
 # --- registrations ---------------------------------------------------------------------------
