@@ -193,7 +193,7 @@ def _pack(keys: Sequence[str]) -> tuple[str, str]:
 def _pack_bytes(values: Sequence[bytes]) -> tuple[bytes, str, str]:
     """Many byte strings as one ``bytea`` parameter, each read back with
     ``substring(%b FROM start FOR length)`` (1-based starts and the lengths, each list for
-    ``string_to_array(%s, ',')::int[]``): psycopg dumps a ``bytea[]`` element by element in
+    ``_int_array``): psycopg dumps a ``bytea[]`` element by element in
     Python, one ``bytea`` at once."""
     lengths = [len(value) for value in values]
     starts = accumulate(lengths[:-1], initial=1)
@@ -276,12 +276,12 @@ _VERSIONS = f"{_TEXTS}::tid[]"
 
 
 def _in_step(alias: str, **arrays: str) -> str:
-    """``FROM`` rows of a batch statement, one per element of its array parameters (column
-    name: array expression), the arrays unnested in step in the select list of a subquery (a
-    ProjectSet, whose rows go straight to the join or insert), not ``FROM unnest(..)`` (a
-    function scan, which first copies every row into a tuple store: 8 % of the append's
-    server time in-process, session 22). ``arrays``: column name = array expression, in
-    the order of the statement's parameters."""
+    """``FROM`` rows of a batch statement, one per element of its array parameters: the
+    arrays (``arrays``: column name = array expression, in the order of the statement's
+    parameters) unnested in step in the select list of a subquery (a ProjectSet, whose rows
+    go straight to the join or insert), not ``FROM unnest(..)`` (a function scan, which first
+    copies every row into a tuple store: 8 % of the append's server time in-process, session
+    22)."""
     columns = ", ".join(f"unnest({array}) AS {name}" for name, array in arrays.items())
     return f"(SELECT {columns}) AS {alias}"
 
@@ -591,7 +591,7 @@ class LocatorStore:
             return
         written = self._conn.execute(
             f"UPDATE members AS m SET uan = a.uan, {_NO_HEAD}"
-            " FROM unnest(%s::text[], %s::text[]) AS a(member_ref, uan)"
+            f" FROM {_in_step('a', member_ref='%s::text[]', uan='%s::text[]')}"
             " WHERE m.member_ref = a.member_ref AND m.uan IS DISTINCT FROM a.uan"
             + _RETURNING_STATE,
             ([ref for ref, _ in assignments], [uan for _, uan in assignments]),
@@ -762,7 +762,7 @@ class LocatorStore:
             f"UPDATE members AS m SET uan = NULL, history = NULL, history_last_month = NULL,"
             f" {_NO_HEAD},"
             " deregistered_at = GREATEST(m.deregistered_at, d.at)"
-            " FROM unnest(%s::text[], %s::timestamptz[]) AS d(member_ref, at)"
+            f" FROM {_in_step('d', member_ref='%s::text[]', at='%s::timestamptz[]')}"
             " WHERE m.member_ref = d.member_ref" + _RETURNING_STATE,
             (refs, [at for _, _, at in deletions]),
         )
@@ -870,8 +870,9 @@ class LocatorStore:
         items = sorted(next_offsets.items())
         self._conn.execute(
             "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)"
-            " SELECT %s, t, p, o FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS x(t, p, o)"
-            " ON CONFLICT (group_id, topic, partition) DO UPDATE"
+            " SELECT %s, t, p, o FROM "
+            + _in_step("x", t="%s::text[]", p="%s::int[]", o="%s::bigint[]")
+            + " ON CONFLICT (group_id, topic, partition) DO UPDATE"
             " SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset)",
             (
                 group_id,
