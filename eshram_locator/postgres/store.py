@@ -345,6 +345,125 @@ _INSERT_HISTORIES = (
 )
 
 
+# The other batch statements, each built once.
+_INSERT_MEMBERS = (
+    "INSERT INTO members (member_ref, uan, worker_state_lgd, worker_district_lgd,"
+    " worker_rebaseline)"
+    " SELECT r, nullif(substr(u, 2), ''), nullif(substr(s, 2), '')::smallint,"
+    " nullif(substr(d, 2), '')::int, nullif(substr(b, 2), '')"
+    f" FROM {_in_step('n', r=_TEXTS, u=_TEXTS, s=_TEXTS, d=_TEXTS, b=_TEXTS)}"
+    " ON CONFLICT DO NOTHING RETURNING member_ref, ctid::text"
+)
+_SAVE_HISTORIES = (
+    "UPDATE members AS m SET history = substring(%b FROM u.start FOR u.length),"
+    " history_last_month = nullif(substr(u.last, 2), '')"
+    " FROM "
+    + _in_step("u", version=_VERSIONS, start=_int_array(), length=_int_array(), last=_TEXTS)
+    + " WHERE m.ctid = u.version"
+)
+_SET_MEMBER_UANS = (
+    f"UPDATE members AS m SET uan = a.uan, {_NO_HEAD}"
+    f" FROM {_in_step('a', member_ref='%s::text[]', uan='%s::text[]')}"
+    " WHERE m.member_ref = a.member_ref AND m.uan IS DISTINCT FROM a.uan" + _RETURNING_STATE
+)
+_UPSERT_WORKERS = (
+    "INSERT INTO workers AS w (uan, member_ref, registration, profile,"
+    " baselines, current_state_lgd, current_district_lgd, last_address_request_at,"
+    " active_event_ids, updated_at)"
+    " SELECT r.uan, r.member_ref, r.registration, r.profile, r.baselines::jsonb,"
+    " r.state, r.district, nullif(substr(r.requested, 2), '')::timestamptz,"
+    " string_to_array(substr(r.active, 2), ' '), now()"
+    " FROM "
+    + _in_step(
+        "r",
+        uan=_TEXTS,
+        member_ref=_TEXTS,
+        registration="%b::bytea[]",
+        profile="%b::bytea[]",
+        baselines=_TEXTS,
+        state=_int_array(),
+        district=_int_array(),
+        requested=_TEXTS,
+        active=_TEXTS,
+    )
+    + " ON CONFLICT (uan) DO UPDATE SET member_ref = EXCLUDED.member_ref,"
+    " registration = EXCLUDED.registration,"
+    " profile = EXCLUDED.profile,"
+    " baselines = EXCLUDED.baselines,"
+    " current_state_lgd = EXCLUDED.current_state_lgd,"
+    " current_district_lgd = EXCLUDED.current_district_lgd,"
+    " last_address_request_at = EXCLUDED.last_address_request_at,"
+    " active_event_ids = EXCLUDED.active_event_ids,"
+    " updated_at = now()"
+)
+# save_workers's statement when the heads are written by key, in the statement itself.
+_UPSERT_WORKERS_WITH_HEADS = (
+    "WITH saved AS ("
+    + _UPSERT_WORKERS
+    + f" RETURNING {_HEAD_RETURNING}) {_MIRROR_HEADS}{_RETURNING_STATE}"
+)
+_WRITE_HEADS = (
+    "UPDATE members AS m SET worker_state_lgd = u.state,"
+    " worker_district_lgd = u.district,"
+    " worker_rebaseline = nullif(substr(u.rebaseline, 2), '')"
+    " FROM "
+    + _in_step("u", version=_VERSIONS, state=_int_array(), district=_int_array(), rebaseline=_TEXTS)
+    + " WHERE m.ctid = u.version"
+    + _RETURNING_STATE
+)
+_UPDATE_DERIVED = (
+    "WITH saved AS (UPDATE workers AS w SET current_state_lgd = u.state,"
+    " current_district_lgd = u.district,"
+    " last_address_request_at = nullif(substr(u.requested, 2), '')::timestamptz,"
+    " active_event_ids = string_to_array(substr(u.active, 2), ' '),"
+    " profile = coalesce(convert_to(nullif(substr(u.profile, 2), ''), 'UTF8'), w.profile),"
+    " updated_at = now()"
+    " FROM "
+    + _in_step(
+        "u",
+        uan=_TEXTS,
+        state=_int_array(),
+        district=_int_array(),
+        requested=_TEXTS,
+        active=_TEXTS,
+        profile=_TEXTS,
+    )
+    + f" WHERE w.uan = u.uan RETURNING {_HEAD_RETURNING}) {_MIRROR_HEADS}"
+)
+_FORGET_MEMBERS = (
+    f"UPDATE members AS m SET uan = NULL, history = NULL, history_last_month = NULL,"
+    f" {_NO_HEAD},"
+    " deregistered_at = GREATEST(m.deregistered_at, d.at)"
+    f" FROM {_in_step('d', member_ref='%s::text[]', at='%s::timestamptz[]')}"
+    " WHERE m.member_ref = d.member_ref" + _RETURNING_STATE
+)
+_RECORD_CHANGES = (
+    "INSERT INTO location_changes (event_id, uan, change_type, effective_month, active,"
+    " detected_at, body)"
+    " SELECT c.event_id::uuid, c.uan, c.change_type, c.month, c.active::boolean,"
+    " c.detected::timestamptz, decode(c.body, 'hex')"
+    " FROM "
+    + _in_step(
+        "c",
+        event_id=_TEXTS,
+        uan=_TEXTS,
+        change_type=_TEXTS,
+        month=_TEXTS,
+        active=_TEXTS,
+        detected=_TEXTS,
+        body=_TEXTS,
+    )
+    + " ON CONFLICT (event_id) DO UPDATE SET active = EXCLUDED.active"
+)
+_SAVE_OFFSETS = (
+    "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)"
+    " SELECT %s, t, p, o FROM "
+    + _in_step("x", t="%s::text[]", p="%s::int[]", o="%s::bigint[]")
+    + " ON CONFLICT (group_id, topic, partition) DO UPDATE"
+    " SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset)"
+)
+
+
 def observation_key(source: str, transaction_id: str) -> str:
     """The idempotency key of rule 8: transaction ids are unique per PDS, not nationally."""
     return f"{source}/{transaction_id}"
@@ -483,12 +602,7 @@ class LocatorStore:
             # A row this transaction inserts is its own until it commits: nothing to lock, and
             # nothing to read but where it is (no history).
             for ref, version in self._conn.execute(
-                "INSERT INTO members (member_ref, uan, worker_state_lgd, worker_district_lgd,"
-                " worker_rebaseline)"
-                " SELECT r, nullif(substr(u, 2), ''), nullif(substr(s, 2), '')::smallint,"
-                " nullif(substr(d, 2), '')::int, nullif(substr(b, 2), '')"
-                f" FROM {_in_step('n', r=_TEXTS, u=_TEXTS, s=_TEXTS, d=_TEXTS, b=_TEXTS)}"
-                " ON CONFLICT DO NOTHING RETURNING member_ref, ctid::text",
+                _INSERT_MEMBERS,
                 (
                     *_pack(unseen),
                     *_pack_texts(given.get(ref) or "" for ref in unseen),
@@ -530,11 +644,7 @@ class LocatorStore:
             return
         histories, starts, lengths = _pack_bytes([member.history.to_bytes() for member in members])
         updated = self._conn.execute(
-            "UPDATE members AS m SET history = substring(%b FROM u.start FOR u.length),"
-            " history_last_month = nullif(substr(u.last, 2), '')"
-            " FROM "
-            + _in_step("u", version=_VERSIONS, start=_int_array(), length=_int_array(), last=_TEXTS)
-            + " WHERE m.ctid = u.version",
+            _SAVE_HISTORIES,
             (
                 histories,
                 *_pack([member.version for member in members]),
@@ -590,10 +700,7 @@ class LocatorStore:
         if not assignments:
             return
         written = self._conn.execute(
-            f"UPDATE members AS m SET uan = a.uan, {_NO_HEAD}"
-            f" FROM {_in_step('a', member_ref='%s::text[]', uan='%s::text[]')}"
-            " WHERE m.member_ref = a.member_ref AND m.uan IS DISTINCT FROM a.uan"
-            + _RETURNING_STATE,
+            _SET_MEMBER_UANS,
             ([ref for ref, _ in assignments], [uan for _, uan in assignments]),
         )
         _refresh(rows, written.fetchall())
@@ -626,40 +733,7 @@ class LocatorStore:
         rs = _RECORD_SEPARATOR
         by_version = all(w.member_ref in rows for w in workers)
         written = self._conn.execute(
-            ("" if by_version else "WITH saved AS (")
-            + "INSERT INTO workers AS w (uan, member_ref, registration, profile,"
-            " baselines, current_state_lgd, current_district_lgd, last_address_request_at,"
-            " active_event_ids, updated_at)"
-            " SELECT r.uan, r.member_ref, r.registration, r.profile, r.baselines::jsonb,"
-            " r.state, r.district, nullif(substr(r.requested, 2), '')::timestamptz,"
-            " string_to_array(substr(r.active, 2), ' '), now()"
-            " FROM "
-            + _in_step(
-                "r",
-                uan=_TEXTS,
-                member_ref=_TEXTS,
-                registration="%b::bytea[]",
-                profile="%b::bytea[]",
-                baselines=_TEXTS,
-                state=_int_array(),
-                district=_int_array(),
-                requested=_TEXTS,
-                active=_TEXTS,
-            )
-            + " ON CONFLICT (uan) DO UPDATE SET member_ref = EXCLUDED.member_ref,"
-            " registration = EXCLUDED.registration,"
-            " profile = EXCLUDED.profile,"
-            " baselines = EXCLUDED.baselines,"
-            " current_state_lgd = EXCLUDED.current_state_lgd,"
-            " current_district_lgd = EXCLUDED.current_district_lgd,"
-            " last_address_request_at = EXCLUDED.last_address_request_at,"
-            " active_event_ids = EXCLUDED.active_event_ids,"
-            " updated_at = now()"
-            + (
-                ""
-                if by_version
-                else f" RETURNING {_HEAD_RETURNING}) {_MIRROR_HEADS}{_RETURNING_STATE}"
-            ),
+            _UPSERT_WORKERS if by_version else _UPSERT_WORKERS_WITH_HEADS,
             (
                 *_pack([w.uan for w in workers]),
                 *_pack([w.member_ref for w in workers]),
@@ -690,15 +764,7 @@ class LocatorStore:
         if not changed:
             return
         written = self._conn.execute(
-            "UPDATE members AS m SET worker_state_lgd = u.state,"
-            " worker_district_lgd = u.district,"
-            " worker_rebaseline = nullif(substr(u.rebaseline, 2), '')"
-            " FROM "
-            + _in_step(
-                "u", version=_VERSIONS, state=_int_array(), district=_int_array(), rebaseline=_TEXTS
-            )
-            + " WHERE m.ctid = u.version"
-            + _RETURNING_STATE,
+            _WRITE_HEADS,
             (
                 *_pack([row.version for row, _ in changed]),
                 ",".join(str(head.current_state_lgd) for _, head in changed),
@@ -719,23 +785,7 @@ class LocatorStore:
         if not workers:
             return
         self._conn.execute(
-            "WITH saved AS (UPDATE workers AS w SET current_state_lgd = u.state,"
-            " current_district_lgd = u.district,"
-            " last_address_request_at = nullif(substr(u.requested, 2), '')::timestamptz,"
-            " active_event_ids = string_to_array(substr(u.active, 2), ' '),"
-            " profile = coalesce(convert_to(nullif(substr(u.profile, 2), ''), 'UTF8'), w.profile),"
-            " updated_at = now()"
-            " FROM "
-            + _in_step(
-                "u",
-                uan=_TEXTS,
-                state=_int_array(),
-                district=_int_array(),
-                requested=_TEXTS,
-                active=_TEXTS,
-                profile=_TEXTS,
-            )
-            + f" WHERE w.uan = u.uan RETURNING {_HEAD_RETURNING}) {_MIRROR_HEADS}",
+            _UPDATE_DERIVED,
             (
                 *_pack([w.uan for w in workers]),
                 ",".join(str(w.current_state_lgd) for w in workers),
@@ -759,11 +809,7 @@ class LocatorStore:
         self._conn.execute("DELETE FROM location_changes WHERE uan = ANY(%s)", (uans,))
         self._conn.execute("DELETE FROM workers WHERE uan = ANY(%s)", (uans,))
         written = self._conn.execute(
-            f"UPDATE members AS m SET uan = NULL, history = NULL, history_last_month = NULL,"
-            f" {_NO_HEAD},"
-            " deregistered_at = GREATEST(m.deregistered_at, d.at)"
-            f" FROM {_in_step('d', member_ref='%s::text[]', at='%s::timestamptz[]')}"
-            " WHERE m.member_ref = d.member_ref" + _RETURNING_STATE,
+            _FORGET_MEMBERS,
             (refs, [at for _, _, at in deletions]),
         )
         _refresh(rows, written.fetchall())
@@ -799,22 +845,7 @@ class LocatorStore:
             return
         rs = _RECORD_SEPARATOR
         self._conn.execute(
-            "INSERT INTO location_changes (event_id, uan, change_type, effective_month, active,"
-            " detected_at, body)"
-            " SELECT c.event_id::uuid, c.uan, c.change_type, c.month, c.active::boolean,"
-            " c.detected::timestamptz, decode(c.body, 'hex')"
-            " FROM "
-            + _in_step(
-                "c",
-                event_id=_TEXTS,
-                uan=_TEXTS,
-                change_type=_TEXTS,
-                month=_TEXTS,
-                active=_TEXTS,
-                detected=_TEXTS,
-                body=_TEXTS,
-            )
-            + " ON CONFLICT (event_id) DO UPDATE SET active = EXCLUDED.active",
+            _RECORD_CHANGES,
             (
                 *_pack([c.event_id for c in changes]),
                 *_pack([c.uan for c in changes]),
@@ -869,11 +900,7 @@ class LocatorStore:
             return
         items = sorted(next_offsets.items())
         self._conn.execute(
-            "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset)"
-            " SELECT %s, t, p, o FROM "
-            + _in_step("x", t="%s::text[]", p="%s::int[]", o="%s::bigint[]")
-            + " ON CONFLICT (group_id, topic, partition) DO UPDATE"
-            " SET next_offset = GREATEST(consumer_offsets.next_offset, EXCLUDED.next_offset)",
+            _SAVE_OFFSETS,
             (
                 group_id,
                 [topic for (topic, _), _ in items],
